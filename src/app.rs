@@ -1,0 +1,89 @@
+//! Wiring: open the store, settle the secrets, start the write path, bind, serve until told to
+//! stop. Tests call `Application::build` with port 0 and talk to `port()`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::auth::{Keys, generate_secret};
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::storage::{self, Backend, DynStore};
+use crate::write_path::{ChangeBus, WritePath};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// The JWT secret: configured, else the one kept in the database, else a new one kept there.
+/// Returns it and whether it was generated just now (to be printed once).
+pub async fn jwt_secret(config: &Config, store: &DynStore) -> anyhow::Result<(String, bool)> {
+    if let Some(s) = &config.jwt_secret {
+        return Ok((s.clone(), false));
+    }
+    if let Some(s) = store.setting("jwt_secret").await? {
+        return Ok((s, false));
+    }
+    let fresh = generate_secret();
+    let kept = store.setting_or_insert("jwt_secret", &fresh).await?;
+    let generated = kept == fresh;
+    Ok((kept, generated))
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = storage::open(&config.database_url, config.db_timeout).await?;
+        Self::with_store(config, store).await
+    }
+
+    /// Builds on an open store (tests share one store between a server and its assertions).
+    pub async fn with_store(config: Config, store: DynStore) -> anyhow::Result<Self> {
+        let (secret, generated) = jwt_secret(&config, &store).await?;
+        if generated {
+            // Printed once, on the start that created it; it is kept in the database.
+            eprintln!("generated CONFAB_JWT_SECRET (kept in the database): {secret}");
+        }
+        let database_id = store
+            .setting_or_insert("database_id", &uuid::Uuid::now_v7().to_string())
+            .await?;
+        let bus = ChangeBus::new();
+        let workers = match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let writes = WritePath::start(
+            store.clone(),
+            bus.clone(),
+            workers,
+            config.max_batch,
+            config.db_timeout,
+        );
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("CONFAB_ADDR: cannot listen on {}: {e}", config.addr))?;
+        let state = AppState::new(store, writes, bus, Keys::new(&secret), config, database_id);
+        Ok(Application { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}

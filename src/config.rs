@@ -1,0 +1,281 @@
+//! Configuration from the environment (the contract's table). Every value is checked at start;
+//! a bad one is refused with one line naming the variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    /// `None`: generated on first start and kept in the database.
+    pub jwt_secret: Option<String>,
+    pub redis_url: Option<String>,
+    pub webhook_url: Option<String>,
+    /// Decoded `whsec_` secrets (several during rotation, space-separated).
+    pub webhook_secrets: Vec<Vec<u8>>,
+    pub webhook_retry_schedule: Vec<Duration>,
+    pub retention_days: Option<u32>,
+    pub graph_api_url: String,
+    pub db_timeout: Duration,
+    pub rate_limit_per_user: Option<RateLimit>,
+    pub rate_limit_per_ip: Option<RateLimit>,
+    /// Largest number of writes committed in one transaction by the write path.
+    pub max_batch: usize,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Reads configuration through `get` (a variable's value, if set).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let addr = match get("CONFAB_ADDR") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad("CONFAB_ADDR", format!("{v:?} is not a HOST:PORT address")))?,
+        };
+        let database_url = get("CONFAB_DATABASE_URL").unwrap_or_else(|| "sqlite://confab.db".into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "CONFAB_DATABASE_URL",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let jwt_secret = get("CONFAB_JWT_SECRET");
+        if jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(bad("CONFAB_JWT_SECRET", "must be at least 16 characters"));
+        }
+        let redis_url = get("CONFAB_REDIS_URL");
+        if let Some(r) = &redis_url {
+            if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
+                return Err(bad("CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
+            }
+        }
+        let webhook_url = get("CONFAB_WEBHOOK_URL");
+        if let Some(u) = &webhook_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(bad("CONFAB_WEBHOOK_URL", "must be an http:// or https:// URL"));
+            }
+        }
+        let webhook_secrets = match get("CONFAB_WEBHOOK_SECRET") {
+            None => Vec::new(),
+            Some(v) => v
+                .split_whitespace()
+                .map(|s| {
+                    let b64 = s.strip_prefix("whsec_").ok_or_else(|| {
+                        bad("CONFAB_WEBHOOK_SECRET", "each secret must start with whsec_")
+                    })?;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| bad("CONFAB_WEBHOOK_SECRET", "whsec_ must be followed by base64"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if webhook_url.is_some() && webhook_secrets.is_empty() {
+            return Err(bad(
+                "CONFAB_WEBHOOK_SECRET",
+                "is required when CONFAB_WEBHOOK_URL is set",
+            ));
+        }
+        let webhook_retry_schedule = match get("CONFAB_WEBHOOK_RETRY_SCHEDULE") {
+            None => "5s,5m,30m,2h,5h,10h,10h"
+                .split(',')
+                .map(|d| parse_duration(d).expect("default schedule parses"))
+                .collect(),
+            Some(v) => v
+                .split(',')
+                .map(|d| {
+                    parse_duration(d.trim()).ok_or_else(|| {
+                        bad(
+                            "CONFAB_WEBHOOK_RETRY_SCHEDULE",
+                            format!("{d:?} is not a duration like 5s, 5m or 2h"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let retention_days = match get("CONFAB_RETENTION_DAYS") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|d| *d > 0)
+                    .ok_or_else(|| bad("CONFAB_RETENTION_DAYS", "must be a whole number of days ≥ 1"))?,
+            ),
+        };
+        let graph_api_url = get("CONFAB_GRAPH_API_URL")
+            .unwrap_or_else(|| "https://graph.facebook.com/v19.0".into())
+            .trim_end_matches('/')
+            .to_owned();
+        if !graph_api_url.starts_with("http") {
+            return Err(bad("CONFAB_GRAPH_API_URL", "must be an http(s) URL"));
+        }
+        let db_timeout = match get("CONFAB_DB_TIMEOUT") {
+            None => Duration::from_secs(5),
+            Some(v) => parse_duration(&v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| bad("CONFAB_DB_TIMEOUT", format!("{v:?} is not a duration like 5s or 500ms")))?,
+        };
+        let rate_limit_per_user = parse_rate(
+            "CONFAB_RATE_LIMIT_PER_USER",
+            get("CONFAB_RATE_LIMIT_PER_USER").as_deref().unwrap_or("50/s burst 100"),
+        )?;
+        let rate_limit_per_ip = parse_rate(
+            "CONFAB_RATE_LIMIT_PER_IP",
+            get("CONFAB_RATE_LIMIT_PER_IP").as_deref().unwrap_or("200/s burst 400"),
+        )?;
+        let max_batch = match get("CONFAB_MAX_BATCH") {
+            None => 256,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| bad("CONFAB_MAX_BATCH", "must be a number from 1 to 10000"))?,
+        };
+        Ok(Config {
+            addr,
+            database_url,
+            jwt_secret,
+            redis_url,
+            webhook_url,
+            webhook_secrets,
+            webhook_retry_schedule,
+            retention_days,
+            graph_api_url,
+            db_timeout,
+            rate_limit_per_user,
+            rate_limit_per_ip,
+            max_batch,
+        })
+    }
+}
+
+/// `500ms`, `5s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => return None,
+    })
+}
+
+/// `0` (off), `N/s` or `N/min`, optionally followed by `burst M` (default: twice the
+/// per-second rate, at least 1).
+fn parse_rate(var: &'static str, v: &str) -> Result<Option<RateLimit>, ConfigError> {
+    let v = v.trim();
+    if v == "0" {
+        return Ok(None);
+    }
+    let err = || bad(var, format!("{v:?} is not a rate like 50/s, 600/min or 50/s burst 100"));
+    let mut parts = v.split_whitespace();
+    let rate = parts.next().ok_or_else(err)?;
+    let (n, unit) = rate.split_once('/').ok_or_else(err)?;
+    let n: f64 = n.parse().map_err(|_| err())?;
+    let per_second = match unit {
+        "s" => n,
+        "min" | "m" => n / 60.0,
+        _ => return Err(err()),
+    };
+    if per_second <= 0.0 {
+        return Ok(None);
+    }
+    let burst = match (parts.next(), parts.next()) {
+        (None, _) => (per_second * 2.0).max(1.0),
+        (Some("burst"), Some(b)) => b.parse::<f64>().ok().filter(|b| *b >= 1.0).ok_or_else(err)?,
+        _ => return Err(err()),
+    };
+    Ok(Some(RateLimit { per_second, burst }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://confab.db");
+        assert_eq!(c.db_timeout, Duration::from_secs(5));
+        assert_eq!(c.webhook_retry_schedule.len(), 7);
+        assert_eq!(c.webhook_retry_schedule[1], Duration::from_secs(300));
+        assert_eq!(
+            c.rate_limit_per_user,
+            Some(RateLimit { per_second: 50.0, burst: 100.0 })
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [
+            ("CONFAB_ADDR", "nope"),
+            ("CONFAB_DATABASE_URL", "mysql://x"),
+            ("CONFAB_DB_TIMEOUT", "soon"),
+            ("CONFAB_RATE_LIMIT_PER_IP", "fast"),
+            ("CONFAB_WEBHOOK_RETRY_SCHEDULE", "5s,later"),
+            ("CONFAB_RETENTION_DAYS", "-1"),
+            ("CONFAB_WEBHOOK_SECRET", "nope"),
+        ] {
+            let e = with(&[(var, val)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("X", "0").unwrap(), None);
+        assert_eq!(
+            parse_rate("X", "600/min").unwrap(),
+            Some(RateLimit { per_second: 10.0, burst: 20.0 })
+        );
+        assert_eq!(
+            parse_rate("X", "5/s burst 7").unwrap(),
+            Some(RateLimit { per_second: 5.0, burst: 7.0 })
+        );
+    }
+}

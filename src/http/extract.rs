@@ -1,0 +1,230 @@
+//! Extractors whose rejections speak the contract: a JSON body whose errors name the field, query
+//! parameters read one by one with their names, and the authenticated caller.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use crate::auth::Principal;
+use crate::domain::{Timestamp, check_user_id};
+use crate::storage::{Actor, UserState};
+
+/// A JSON body. Malformed JSON is 400 without `field`; a wrong shape names the path.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::Validation {
+                    field: None,
+                    message: "could not read the body".into(),
+                }
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// Parses JSON, naming the offending path on a shape error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    // Syntax first, so malformed JSON is told apart from a wrong shape.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ApiError::Validation {
+        field: None,
+        message: format!("malformed JSON: {e}"),
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let field = if path == "." {
+            // serde names an unknown or missing field in its message: `unknown field `x``.
+            inner.split('`').nth(1).map(str::to_owned)
+        } else {
+            Some(path)
+        };
+        ApiError::Validation {
+            field,
+            message: inner,
+        }
+    })
+}
+
+/// The query string as named parameters, each read and checked where it is used.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        let map: HashMap<String, String> = serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .map_err(|_| ApiError::Validation {
+                field: None,
+                message: "malformed query string".into(),
+            })?
+            .into_iter()
+            .collect();
+        for (k, v) in &map {
+            if v.contains('\0') {
+                return Err(ApiError::invalid(k.as_str(), "must not contain U+0000"));
+            }
+        }
+        Ok(Params(map))
+    }
+}
+
+impl Params {
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// An integer in `range`, `default` when absent; anything else is 400 naming it.
+    pub fn int(&self, name: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> ApiResult<i64> {
+        match self.str(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        name,
+                        format!("must be an integer from {} to {}", range.start(), range.end()),
+                    )
+                }),
+        }
+    }
+
+    pub fn opt_int(&self, name: &str, range: std::ops::RangeInclusive<i64>) -> ApiResult<Option<i64>> {
+        match self.str(name) {
+            None => Ok(None),
+            Some(_) => self.int(name, range, 0).map(Some),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> ApiResult<bool> {
+        match self.str(name) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(_) => Err(ApiError::invalid(name, "must be true or false")),
+        }
+    }
+
+    pub fn time(&self, name: &str) -> ApiResult<Option<Timestamp>> {
+        match self.str(name) {
+            None => Ok(None),
+            Some(v) => Timestamp::parse(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(name, "must be an RFC 3339 timestamp")),
+        }
+    }
+
+    /// A comma-separated list; empty items dropped.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.str(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The authenticated caller: a user, or the server (optionally acting as a user with `?as=`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The user the request acts as: the token's user, or `?as=` of a server token.
+    pub acting: Option<String>,
+}
+
+impl Caller {
+    /// The acting user; a server token without `?as=` is refused naming `as`.
+    pub fn user(&self) -> ApiResult<&str> {
+        self.acting
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("as", "a server token must name the user with ?as="))
+    }
+
+    /// Who performs a change.
+    pub fn actor(&self) -> Actor {
+        match &self.acting {
+            Some(u) => Actor::User(u.clone()),
+            None => Actor::Server,
+        }
+    }
+
+    pub fn is_server(&self) -> bool {
+        self.principal == Principal::Server
+    }
+
+    pub fn require_server(&self) -> ApiResult<()> {
+        if self.is_server() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this endpoint needs a server token".into()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        let principal = state.keys.verify(token.trim()).ok_or(ApiError::Unauthorized)?;
+        let acting = match &principal {
+            Principal::User(sub) => {
+                if check_user_id("sub", sub).is_err() {
+                    return Err(ApiError::Unauthorized);
+                }
+                if state.store.user_for_token(sub).await? == UserState::Deactivated {
+                    return Err(ApiError::Unauthorized);
+                }
+                Some(sub.clone())
+            }
+            Principal::Server => {
+                let params = Params::from_request_parts(parts, state).await?;
+                match params.str("as") {
+                    None => None,
+                    Some(u) => {
+                        check_user_id("as", u)?;
+                        if state.store.user_for_token(u).await? == UserState::Deactivated {
+                            return Err(ApiError::Forbidden("that user is deactivated".into()));
+                        }
+                        Some(u.to_owned())
+                    }
+                }
+            }
+        };
+        // The app's backend (server token) is trusted with its own budget: only users are
+        // limited per user.
+        if let (Some(limit), Principal::User(u)) = (&state.user_limiter, &principal) {
+            limit.check(u)?;
+        }
+        Ok(Caller { principal, acting })
+    }
+}

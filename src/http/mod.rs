@@ -1,0 +1,158 @@
+//! The HTTP edge: one router per resource merged into one, the shared state, and the layers
+//! every request passes (tracing, metrics, body limit, rate limit, compression).
+
+mod conversations;
+pub mod error;
+mod extract;
+mod limit;
+mod messages;
+mod ops;
+mod sync;
+mod users;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::domain::Change;
+use crate::storage::DynStore;
+use crate::write_path::{ChangeBus, WritePath};
+use error::ApiError;
+pub use extract::parse_json;
+use limit::RateLimiter;
+
+/// Bodies larger than this are refused with 413 before they are parsed.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Everything a handler may use; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    /// Sends and read marks go through here to be committed in batches.
+    pub writes: WritePath,
+    /// Committed changes, for realtime and webhooks.
+    pub bus: ChangeBus,
+    pub keys: Arc<Keys>,
+    pub config: Arc<Config>,
+    pub metrics: PrometheusHandle,
+    /// Identifies the database in sync tokens, so a token from another database is refused.
+    pub database_id: Arc<str>,
+    pub user_limiter: Option<Arc<RateLimiter>>,
+    pub ip_limiter: Option<Arc<RateLimiter>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: DynStore,
+        writes: WritePath,
+        bus: ChangeBus,
+        keys: Keys,
+        config: Config,
+        database_id: String,
+    ) -> Self {
+        AppState {
+            store,
+            writes,
+            bus,
+            keys: Arc::new(keys),
+            user_limiter: config.rate_limit_per_user.map(|l| Arc::new(RateLimiter::new(l))),
+            ip_limiter: config.rate_limit_per_ip.map(|l| Arc::new(RateLimiter::new(l))),
+            config: Arc::new(config),
+            metrics: crate::telemetry::metrics_handle(),
+            database_id: database_id.into(),
+        }
+    }
+
+    /// Publishes what a committed mutation recorded.
+    pub fn committed(&self, changes: Vec<Change>) {
+        self.bus.publish(changes);
+    }
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let compression = CompressionLayer::new().compress_when(
+        SizeAbove::new(1024)
+            .and(NotForContentType::GRPC)
+            .and(NotForContentType::IMAGES)
+            .and(NotForContentType::SSE),
+    );
+    Router::new()
+        .merge(users::router())
+        .merge(conversations::router())
+        .merge(messages::router())
+        .merge(sync::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(compression)
+        .layer(middleware::from_fn(no_compression))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `x-no-compression` on the request turns compression off for its response.
+async fn no_compression(mut req: Request, next: Next) -> Response {
+    if req.headers().contains_key("x-no-compression") {
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
+    }
+    next.run(req).await
+}
+
+/// Refuses, before any parsing: bodies over the limit (by `Content-Length`) and clients over
+/// their per-IP budget.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let streamed = req.uri().path() == "/v1/import";
+    if !streamed && declared.is_some_and(|n| n > BODY_LIMIT) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    if let Some(limit) = &state.ip_limiter {
+        if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+            if let Err(e) = limit.check(&addr.ip().to_string()) {
+                return e.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Request count and duration by route template and status.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let mut res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!("confab_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("confab_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    res
+}

@@ -1,0 +1,20 @@
+//! Confab: a chat backend. REST for data, a batched durable write path, a change log that sync,
+//! realtime and webhooks read, on embedded SQLite or on PostgreSQL.
+//!
+//! Where things live:
+//! - `config`: configuration from the environment, refused early with the variable's name;
+//! - `domain`: the objects of the contract and their validation;
+//! - `storage`: the `Store` trait and its SQLite and PostgreSQL implementations (all SQL is here);
+//! - `write_path`: the batcher that commits concurrent writes together;
+//! - `http`: the axum edge (auth, errors, handlers, ops endpoints);
+//! - `app`: wiring: build, bind, run until stopped;
+//! - `auth`: JWT tokens; `telemetry`: tracing and metrics.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod storage;
+pub mod telemetry;
+pub mod write_path;

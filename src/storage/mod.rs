@@ -1,0 +1,328 @@
+//! Storage: one trait in domain terms, implemented for SQLite (embedded, the default) and for
+//! PostgreSQL. All SQL of the project lives below this module; callers never see `sqlx`.
+//!
+//! Both implementations share their statements through the `sql_store!` macro in `sql.rs`
+//! (the SQL is portable: `$N` placeholders, `on conflict`, `returning`, window functions);
+//! what differs (connection setup, migrations, locking) lives in `sqlite.rs` and `postgres.rs`.
+//!
+//! Every mutation records its changes in the `changes` table inside the same transaction; see
+//! `docs/architecture.md` for why positions are taken under one lock at the end of a
+//! transaction.
+
+mod migrate;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::domain::{Change, Conversation, Message, SendInput, Timestamp, User, UserInput};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing does not exist, or the caller may not see it: the two are never told apart.
+    #[error("not found")]
+    NotFound,
+    /// The caller sees the thing but may not do this to it.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The request is well-formed but breaks a rule only the data can tell (e.g. adding members
+    /// to a direct conversation).
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// A uniqueness rule broken in a way that is not an idempotent replay.
+    #[error("conflict on {0}")]
+    Conflict(String),
+    /// The database is down or did not answer in time; nothing was changed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who performs a change: a user, or the app's backend with a server token and no `?as`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    User(String),
+    Server,
+}
+
+impl Actor {
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Actor::User(u) => Some(u),
+            Actor::Server => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What an authenticated token's user is, as auth needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserState {
+    Active,
+    Deactivated,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub kind: String,
+    /// Everyone who will be a member (the creator included, when there is one).
+    pub member_ids: Vec<String>,
+    pub created_by: Option<String>,
+    pub name: Option<String>,
+    pub image_url: Option<String>,
+    pub custom: Value,
+    pub tags: Vec<String>,
+    pub external_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPatch {
+    pub name: Option<Option<String>>,
+    pub image_url: Option<Option<String>>,
+    pub custom: Option<Value>,
+}
+
+/// Filters of `GET /v1/conversations`; `cursor` is the decoded keyset position.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub limit: u32,
+    pub cursor: Option<(i64, String)>,
+    pub kind: Option<String>,
+    pub tags: Vec<String>,
+    pub exclude_tags: Vec<String>,
+    pub q: Option<String>,
+    pub updated_after: Option<Timestamp>,
+    pub updated_before: Option<Timestamp>,
+    pub unread_only: bool,
+    pub include_total: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationPage {
+    pub conversations: Vec<Conversation>,
+    /// The keyset position after the last row, when there may be more.
+    pub next: Option<(i64, String)>,
+    pub total: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageBound {
+    Newest,
+    Before(i64),
+    After(i64),
+}
+
+/// One operation for the batched write path. Each carries its own reply slot in the batcher;
+/// here only the data.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Send {
+        conversation_id: String,
+        sender_id: String,
+        input: SendInput,
+    },
+    Read {
+        conversation_id: String,
+        user_id: String,
+        /// `None`: the latest message.
+        seq: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// `created` is false for an idempotent replay (same `client_id`).
+    Sent { message: Message, created: bool },
+    Read { last_read_seq: i64 },
+}
+
+/// The result of one committed transaction: per-op outcomes and the changes it recorded, in
+/// position order, for realtime and webhooks to consume after the commit.
+pub struct BatchResult {
+    pub outcomes: Vec<StoreResult<WriteOutcome>>,
+    pub changes: Vec<Change>,
+}
+
+/// The result of a single mutation outside the batcher.
+pub struct Committed<T> {
+    pub value: T,
+    pub changes: Vec<Change>,
+}
+
+/// The storage contract. Every method is one transaction at most; every mutation records its
+/// changes in the same transaction and returns them.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// How many statements this store has sent since it was opened (for tests that bound the
+    /// number of queries a request makes).
+    fn query_count(&self) -> u64;
+
+    /// Connections open in the pools, and how many of them are idle.
+    fn pool_stats(&self) -> (u32, u32);
+
+    /// One round trip to the database.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Reads a server setting (`jwt_secret`, `database_id`).
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+
+    /// Stores `value` under `key` unless one is there; returns the value that is kept.
+    async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    /// Creates or updates users; absent fields keep their value. Returns them in input order.
+    async fn upsert_users(&self, users: &[UserInput]) -> StoreResult<Vec<User>>;
+
+    /// The users that exist among `ids`, in the order asked.
+    async fn get_users(&self, ids: &[String]) -> StoreResult<Vec<User>>;
+
+    /// The state of the user a token names, creating the user bare (name = id) when unknown.
+    async fn user_for_token(&self, id: &str) -> StoreResult<UserState>;
+
+    /// Deactivates a user: their tokens stop working, their messages stay. NotFound if unknown.
+    async fn deactivate_user(&self, id: &str) -> StoreResult<()>;
+
+    /// Creates a conversation (and bare users for unknown member ids) in one transaction.
+    /// A direct pair or an `external_id` that exists returns the existing id with `false`.
+    async fn create_conversation(
+        &self,
+        new: &NewConversation,
+    ) -> StoreResult<Committed<(String, bool)>>;
+
+    /// The conversations among `ids` that `caller` is a member of, as `caller` sees them, in
+    /// the order asked. With `messages > 0`, the newest messages are attached. `None` is the
+    /// server's view: any conversation, no per-member fields.
+    async fn conversations_for(
+        &self,
+        caller: Option<&str>,
+        ids: &[String],
+        messages: u32,
+    ) -> StoreResult<Vec<Conversation>>;
+
+    /// A page of `caller`'s conversations, newest activity first, in a bounded number of
+    /// queries whatever the page size.
+    async fn list_conversations(
+        &self,
+        caller: &str,
+        filter: &ListFilter,
+    ) -> StoreResult<ConversationPage>;
+
+    /// Renames / restyles a conversation; a rename writes a system message.
+    async fn update_conversation(
+        &self,
+        actor: &Actor,
+        id: &str,
+        patch: &ConversationPatch,
+    ) -> StoreResult<Committed<()>>;
+
+    /// Replaces the tags of a conversation.
+    async fn set_tags(&self, actor: &Actor, id: &str, tags: &[String])
+    -> StoreResult<Committed<()>>;
+
+    /// Adds members to a group (bare users for unknown ids); one system message if any joined.
+    async fn add_members(
+        &self,
+        actor: &Actor,
+        id: &str,
+        user_ids: &[String],
+    ) -> StoreResult<Committed<()>>;
+
+    /// Removes a member (self: leave; owner or server: remove); one system message.
+    async fn remove_member(
+        &self,
+        actor: &Actor,
+        id: &str,
+        user_id: &str,
+    ) -> StoreResult<Committed<()>>;
+
+    /// Applies a batch of sends and read marks in ONE transaction, in order. Per-op failures
+    /// (not a member, …) fail only that op; a database failure fails them all.
+    async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult>;
+
+    /// A page of messages, oldest first, and whether more exist in the direction asked.
+    /// Membership of `caller` is checked in the same query (NotFound otherwise).
+    async fn page_messages(
+        &self,
+        caller: &str,
+        conversation_id: &str,
+        bound: PageBound,
+        limit: u32,
+    ) -> StoreResult<(Vec<Message>, bool)>;
+
+    /// Edits a message's text / custom (sender only); sets `edited_at`.
+    async fn edit_message(
+        &self,
+        actor: &Actor,
+        message_id: &str,
+        text: Option<&str>,
+        custom: Option<&Value>,
+    ) -> StoreResult<Committed<Message>>;
+
+    /// Turns a message into a tombstone (sender or server).
+    async fn delete_message(&self, actor: &Actor, message_id: &str)
+    -> StoreResult<Committed<Message>>;
+
+    /// Exact unread counts of `user`'s conversations, non-zero only.
+    async fn unread(&self, user: &str) -> StoreResult<Vec<(String, i64)>>;
+
+    /// Changes visible to `user` with position in `(after, upto]`, at most `limit`, in order.
+    async fn changes_for(
+        &self,
+        user: &str,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Change>>;
+
+    /// The highest committed change position.
+    async fn last_position(&self) -> StoreResult<i64>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store the URL names (`sqlite://PATH` or `postgres://…`) and applies migrations.
+pub async fn open(url: &str, db_timeout: std::time::Duration) -> anyhow::Result<DynStore> {
+    if let Some(path) = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")) {
+        Ok(Arc::new(sqlite::SqliteStore::open(path, db_timeout).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url, db_timeout).await?))
+    } else {
+        anyhow::bail!("CONFAB_DATABASE_URL must start with sqlite:// or postgres://")
+    }
+}
+
+/// Maps a sqlx error to a store error: connection trouble is `Unavailable`, a named unique
+/// constraint is `Conflict`, anything else `Other`.
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict(d.constraint().unwrap_or("unique").to_owned())
+        }
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("5") => {
+            // SQLITE_BUSY: another process holds the write lock past busy_timeout.
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Other(anyhow::Error::new(e)),
+    }
+}

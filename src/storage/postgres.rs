@@ -1,0 +1,45 @@
+//! The PostgreSQL backend, for several nodes sharing one database. One pool serves reads and
+//! writes; conversation rows are locked with `for update` while a message takes its seq.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+pub struct PgStore {
+    /// The pool writes go through (the same pool as `reader`: PostgreSQL needs no split).
+    writer: PgPool,
+    reader: PgPool,
+    /// Statements sent, for the query-count tests.
+    queries: Arc<AtomicU64>,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, db_timeout: Duration) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(db_timeout)
+            .connect_with(options)
+            .await?;
+        let store = PgStore {
+            writer: pool.clone(),
+            reader: pool,
+            queries: Arc::default(),
+        };
+        store.migrate(super::migrate::POSTGRES).await?;
+        Ok(store)
+    }
+}
+
+super::sql::sql_store!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    backend = Backend::Postgres,
+    begin = "begin",
+    lock = "for update of c",
+    migrate_lock = "select pg_advisory_xact_lock(7419)"
+);

@@ -1,0 +1,1736 @@
+//! The statements both backends share, as one macro that implements `Store` for a concrete
+//! sqlx database type. The SQL is portable between SQLite (3.35+) and PostgreSQL: `$N`
+//! placeholders, `on conflict`, `returning`, window functions, ids as text, times as integer
+//! milliseconds, JSON as text. What differs comes in as macro arguments:
+//! - `begin`: how a writing transaction starts (`begin immediate` on SQLite takes the write lock
+//!   up front, so a transaction never fails to upgrade);
+//! - `lock`: the row-lock suffix of a `select` (`for update of c` on PostgreSQL, nothing on
+//!   SQLite, where the write lock is already held).
+
+use crate::domain::{ChangeKind, Timestamp};
+use serde_json::Value;
+
+/// `$a,$a+1,…` for `n` parameters starting at `$a`.
+pub(crate) fn params(start: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 4);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('$');
+        s.push_str(&(start + i).to_string());
+    }
+    s
+}
+
+/// `($1,$2),($3,$4)` for `rows` tuples of `cols` parameters starting at `$start`.
+pub(crate) fn tuples(start: usize, rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", params(start + r * cols, cols)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub(crate) fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+pub(crate) fn parse_json(s: Option<String>, default: Value) -> Value {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(default)
+}
+
+/// A change about to be recorded; gets its position at the end of the transaction.
+pub(crate) struct PendingChange {
+    pub conversation_id: String,
+    pub kind: ChangeKind,
+    pub user_id: Option<String>,
+    pub data: Value,
+}
+
+/// Escapes `%`, `_` and `\` for a `like … escape '\'` pattern and wraps it in `%…%`.
+pub(crate) fn like_pattern(q: &str) -> String {
+    let mut s = String::from("%");
+    for ch in q.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(ch);
+    }
+    s.push('%');
+    s
+}
+
+pub(crate) fn now() -> i64 {
+    Timestamp::now().0
+}
+
+pub(crate) const USER_COLS: &str =
+    "u.user_id, u.name, u.image_url, u.kind, u.custom, u.last_seen_at, u.created_at, u.updated_at";
+
+pub(crate) const MSG_COLS: &str = "m.message_id, m.conversation_id, m.seq, m.sender_id, \
+    m.client_id, m.kind, m.text, m.encrypted, m.attachments, m.parent_id, m.custom, \
+    m.created_at, m.edited_at, m.deleted_at";
+
+pub(crate) const CONV_COLS: &str = "c.conversation_id, c.kind, c.name, c.image_url, \
+    c.created_by, c.external_id, c.custom, c.member_count, c.last_seq, c.last_message_id, \
+    c.last_message_at, c.activity_at, c.created_at, c.updated_at";
+
+/// A conversation row, before hydration into a caller's view.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvRow {
+    pub id: String,
+    pub kind: String,
+    pub name: Option<String>,
+    pub image_url: Option<String>,
+    pub created_by: Option<String>,
+    pub external_id: Option<String>,
+    pub custom: Value,
+    pub member_count: i64,
+    pub last_seq: i64,
+    pub last_message_id: Option<String>,
+    pub last_message_at: Option<i64>,
+    pub activity_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ConvRow {
+    /// The receiver-neutral snapshot recorded in the change log.
+    pub fn snapshot(&self, tags: &[String]) -> Value {
+        serde_json::json!({
+            "id": self.id, "type": self.kind, "name": self.name, "image_url": self.image_url,
+            "created_by": self.created_by, "external_id": self.external_id,
+            "custom": self.custom, "tags": tags, "member_count": self.member_count,
+            "last_seq": self.last_seq,
+            "created_at": Timestamp(self.created_at), "updated_at": Timestamp(self.updated_at),
+            "last_message_at": self.last_message_at.map(Timestamp),
+        })
+    }
+}
+
+/// Implements `Store` for `$store`, whose fields are `writer` and `reader` pools of `$db` and
+/// `queries` (an `AtomicU64`).
+macro_rules! sql_store {
+    (
+        $store:ident, $db:ty, $row:ty,
+        backend = $backend:expr,
+        begin = $begin:literal,
+        lock = $lock:literal,
+        migrate_lock = $migrate_lock:literal
+    ) => {
+        use std::collections::HashMap;
+        use std::sync::atomic::Ordering;
+
+        use async_trait::async_trait;
+        use serde_json::{Value, json};
+        use sqlx::{AssertSqlSafe, Row};
+
+        use $crate::domain::{
+            Change, ChangeKind, Conversation, Member, Message, SendInput, Timestamp, User,
+            UserInput,
+        };
+        use $crate::storage::sql::{
+            CONV_COLS, ConvRow, MSG_COLS, PendingChange, USER_COLS, json_text, like_pattern,
+            now, params, parse_json, tuples,
+        };
+        use $crate::storage::{
+            Actor, Backend, BatchResult, Committed, ConversationPage, ConversationPatch,
+            ListFilter, NewConversation, PageBound, Store, StoreError, StoreResult, UserState,
+            WriteOp, WriteOutcome, db_error,
+        };
+
+        type Tx = sqlx::Transaction<'static, $db>;
+
+        fn user_from(r: &$row, p: &str) -> Result<User, sqlx::Error> {
+            let col = |c: &str| format!("{p}{c}");
+            Ok(User {
+                id: r.try_get(col("user_id").as_str())?,
+                name: r.try_get(col("name").as_str())?,
+                image_url: r.try_get(col("image_url").as_str())?,
+                kind: r.try_get(col("kind").as_str())?,
+                custom: parse_json(r.try_get(col("custom").as_str())?, json!({})),
+                online: false,
+                last_seen_at: r
+                    .try_get::<Option<i64>, _>(col("last_seen_at").as_str())?
+                    .map(Timestamp),
+                created_at: Timestamp(r.try_get(col("created_at").as_str())?),
+                updated_at: Timestamp(r.try_get(col("updated_at").as_str())?),
+            })
+        }
+
+        fn message_from(r: &$row) -> Result<Message, sqlx::Error> {
+            Ok(Message {
+                id: r.try_get("message_id")?,
+                conversation_id: r.try_get("conversation_id")?,
+                seq: r.try_get("seq")?,
+                sender_id: r.try_get("sender_id")?,
+                client_id: r.try_get("client_id")?,
+                kind: r.try_get("kind")?,
+                text: r.try_get("text")?,
+                encrypted: r
+                    .try_get::<Option<String>, _>("encrypted")?
+                    .and_then(|s| serde_json::from_str(&s).ok()),
+                attachments: parse_json(r.try_get("attachments")?, json!([])),
+                parent_id: r.try_get("parent_id")?,
+                custom: parse_json(r.try_get("custom")?, json!({})),
+                created_at: Timestamp(r.try_get("created_at")?),
+                edited_at: r.try_get::<Option<i64>, _>("edited_at")?.map(Timestamp),
+                deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
+            })
+        }
+
+        fn conv_from(r: &$row) -> Result<ConvRow, sqlx::Error> {
+            Ok(ConvRow {
+                id: r.try_get("conversation_id")?,
+                kind: r.try_get("kind")?,
+                name: r.try_get("name")?,
+                image_url: r.try_get("image_url")?,
+                created_by: r.try_get("created_by")?,
+                external_id: r.try_get("external_id")?,
+                custom: parse_json(r.try_get("custom")?, json!({})),
+                member_count: r.try_get("member_count")?,
+                last_seq: r.try_get("last_seq")?,
+                last_message_id: r.try_get("last_message_id")?,
+                last_message_at: r.try_get("last_message_at")?,
+                activity_at: r.try_get("activity_at")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        }
+
+        fn change_from(r: &$row) -> Result<Change, sqlx::Error> {
+            let kind: String = r.try_get("kind")?;
+            Ok(Change {
+                pos: r.try_get("pos")?,
+                conversation_id: r.try_get("conversation_id")?,
+                kind: ChangeKind::parse(&kind).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("unknown change kind {kind}").into())
+                })?,
+                user_id: r.try_get("user_id")?,
+                data: parse_json(r.try_get("data")?, Value::Null),
+                created_at: Timestamp(r.try_get("created_at")?),
+            })
+        }
+
+        fn new_id() -> String {
+            uuid::Uuid::now_v7().to_string()
+        }
+
+        /// The content fields of a message about to be appended.
+        struct NewMessage<'a> {
+            sender_id: Option<&'a str>,
+            client_id: Option<&'a str>,
+            kind: &'a str,
+            text: Option<&'a str>,
+            encrypted: Option<String>,
+            attachments: String,
+            parent_id: Option<&'a str>,
+            custom: String,
+        }
+
+        impl<'a> NewMessage<'a> {
+            fn regular(sender: &'a str, input: &'a SendInput) -> Self {
+                NewMessage {
+                    sender_id: Some(sender),
+                    client_id: input.client_id.as_deref(),
+                    kind: "regular",
+                    text: input.text.as_deref(),
+                    encrypted: input.encrypted.as_ref().map(json_text),
+                    attachments: input
+                        .attachments
+                        .as_ref()
+                        .map(|a| Value::Array(a.clone()).to_string())
+                        .unwrap_or_else(|| "[]".into()),
+                    parent_id: input.parent_id.as_deref(),
+                    custom: input
+                        .custom
+                        .as_ref()
+                        .map(json_text)
+                        .unwrap_or_else(|| "{}".into()),
+                }
+            }
+
+            fn system(custom: Value) -> Self {
+                NewMessage {
+                    sender_id: None,
+                    client_id: None,
+                    kind: "system",
+                    text: None,
+                    encrypted: None,
+                    attachments: "[]".into(),
+                    parent_id: None,
+                    custom: custom.to_string(),
+                }
+            }
+        }
+
+        impl $store {
+            /// Applies the migrations not yet recorded, all in one transaction (which, on
+            /// PostgreSQL, first takes an advisory lock so two starting nodes do not race).
+            async fn migrate(&self, list: &[$crate::storage::migrate::Migration]) -> anyhow::Result<()> {
+                let mut tx = self.writer.begin_with($begin).await?;
+                sqlx::query($migrate_lock).execute(&mut *tx).await?;
+                sqlx::raw_sql($crate::storage::migrate::CREATE_TABLE).execute(&mut *tx).await?;
+                let done: Option<i64> = sqlx::query_scalar("select max(version) from confab_migrations")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                for (version, name, sql) in list {
+                    if *version <= done.unwrap_or(0) {
+                        continue;
+                    }
+                    tracing::info!(version, name, "applying migration");
+                    sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                    sqlx::query("insert into confab_migrations (version, name, applied_at) values ($1, $2, $3)")
+                        .bind(version)
+                        .bind(name)
+                        .bind(now())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            fn tick(&self, n: u64) {
+                self.queries.fetch_add(n, Ordering::Relaxed);
+            }
+
+            async fn begin(&self) -> StoreResult<Tx> {
+                self.tick(1);
+                self.writer.begin_with($begin).await.map_err(db_error)
+            }
+
+            async fn commit(&self, tx: Tx) -> StoreResult<()> {
+                self.tick(1);
+                tx.commit().await.map_err(db_error)
+            }
+
+            /// Gives the pending changes their positions and writes them. Called last in every
+            /// writing transaction: the counter's row lock is held from here to the commit, so
+            /// positions become visible in order (see docs/architecture.md).
+            async fn record(
+                &self,
+                tx: &mut Tx,
+                pending: Vec<PendingChange>,
+            ) -> StoreResult<Vec<Change>> {
+                if pending.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.tick(1);
+                let n = pending.len() as i64;
+                let top: i64 = sqlx::query_scalar(
+                    "update counters set value = value + $1 where name = 'changes' returning value",
+                )
+                .bind(n)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db_error)?;
+                let created_at = now();
+                let changes: Vec<Change> = pending
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| Change {
+                        pos: top - n + 1 + i as i64,
+                        conversation_id: p.conversation_id,
+                        kind: p.kind,
+                        user_id: p.user_id,
+                        data: p.data,
+                        created_at: Timestamp(created_at),
+                    })
+                    .collect();
+                for chunk in changes.chunks(200) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into changes (pos, conversation_id, kind, user_id, data, created_at) values {}",
+                        tuples(1, chunk.len(), 6)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for c in chunk {
+                        q = q
+                            .bind(c.pos)
+                            .bind(&c.conversation_id)
+                            .bind(c.kind.as_str())
+                            .bind(&c.user_id)
+                            .bind(c.data.to_string())
+                            .bind(created_at);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+                Ok(changes)
+            }
+
+            /// Creates bare users (name = id) for ids that do not exist.
+            async fn ensure_users(&self, tx: &mut Tx, ids: &[String]) -> StoreResult<()> {
+                let t = now();
+                for chunk in ids.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into users (user_id, name, created_at, updated_at) values {} \
+                         on conflict (user_id) do nothing",
+                        tuples(1, chunk.len(), 4)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(id).bind(id).bind(t).bind(t);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+                Ok(())
+            }
+
+            /// Locks the conversation row and returns it, with `caller`'s read position when
+            /// `caller` is a member. NotFound when it does not exist or `caller` is not a member.
+            async fn lock_conversation(
+                &self,
+                tx: &mut Tx,
+                id: &str,
+                actor: &Actor,
+            ) -> StoreResult<ConvRow> {
+                self.tick(1);
+                let sql = concat!(
+                    "select c.conversation_id, c.kind, c.name, c.image_url, c.created_by, \
+                     c.external_id, c.custom, c.member_count, c.last_seq, c.last_message_id, \
+                     c.last_message_at, c.activity_at, c.created_at, c.updated_at, \
+                     mb.last_read_seq as my_last_read_seq, mb.user_id as my_user_id \
+                     from conversations c left join members mb \
+                     on mb.conversation_id = c.conversation_id and mb.user_id = $2 \
+                     where c.conversation_id = $1 ",
+                    $lock
+                );
+                let row = sqlx::query(sql)
+                    .bind(id)
+                    .bind(actor.user_id().unwrap_or(""))
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or(StoreError::NotFound)?;
+                let is_member = row
+                    .try_get::<Option<String>, _>("my_user_id")
+                    .map_err(db_error)?
+                    .is_some();
+                if actor.user_id().is_some() && !is_member {
+                    return Err(StoreError::NotFound);
+                }
+                conv_from(&row).map_err(db_error)
+            }
+
+            /// Appends a message to a locked conversation: next seq, last-message fields, the
+            /// sender's read position. Returns the message and its pending change.
+            async fn append(
+                &self,
+                tx: &mut Tx,
+                conv: &mut ConvRow,
+                m: NewMessage<'_>,
+                reader: Option<&str>,
+            ) -> StoreResult<(Message, PendingChange)> {
+                let t = now().max(conv.last_message_at.unwrap_or(0));
+                let seq = conv.last_seq + 1;
+                let message = Message {
+                    id: new_id(),
+                    conversation_id: conv.id.clone(),
+                    seq,
+                    sender_id: m.sender_id.map(str::to_owned),
+                    client_id: m.client_id.map(str::to_owned),
+                    kind: m.kind.to_owned(),
+                    text: m.text.map(str::to_owned),
+                    encrypted: m
+                        .encrypted
+                        .as_deref()
+                        .and_then(|s| serde_json::from_str(s).ok()),
+                    attachments: serde_json::from_str(&m.attachments).unwrap_or(json!([])),
+                    parent_id: m.parent_id.map(str::to_owned),
+                    custom: serde_json::from_str(&m.custom).unwrap_or(json!({})),
+                    created_at: Timestamp(t),
+                    edited_at: None,
+                    deleted_at: None,
+                };
+                self.tick(3);
+                sqlx::query(
+                    "insert into messages (message_id, conversation_id, seq, sender_id, client_id, \
+                     kind, text, encrypted, attachments, parent_id, custom, created_at) \
+                     values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+                )
+                .bind(&message.id)
+                .bind(&conv.id)
+                .bind(seq)
+                .bind(m.sender_id)
+                .bind(m.client_id)
+                .bind(m.kind)
+                .bind(m.text)
+                .bind(m.encrypted.as_deref())
+                .bind(&m.attachments)
+                .bind(m.parent_id)
+                .bind(&m.custom)
+                .bind(t)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+                sqlx::query(
+                    "update conversations set last_seq = $2, last_message_id = $3, \
+                     last_message_at = $4, activity_at = $4 where conversation_id = $1",
+                )
+                .bind(&conv.id)
+                .bind(seq)
+                .bind(&message.id)
+                .bind(t)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+                if let Some(reader) = reader {
+                    sqlx::query(
+                        "update members set last_read_seq = $3 \
+                         where conversation_id = $1 and user_id = $2 and last_read_seq < $3",
+                    )
+                    .bind(&conv.id)
+                    .bind(reader)
+                    .bind(seq)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                }
+                conv.last_seq = seq;
+                conv.last_message_id = Some(message.id.clone());
+                conv.last_message_at = Some(t);
+                conv.activity_at = t;
+                let change = PendingChange {
+                    conversation_id: conv.id.clone(),
+                    kind: ChangeKind::MessageNew,
+                    user_id: None,
+                    data: serde_json::to_value(&message).unwrap_or(Value::Null),
+                };
+                Ok((message, change))
+            }
+
+            async fn send_in_tx(
+                &self,
+                tx: &mut Tx,
+                conversation_id: &str,
+                sender: &str,
+                input: &SendInput,
+                pending: &mut Vec<PendingChange>,
+            ) -> StoreResult<WriteOutcome> {
+                let actor = Actor::User(sender.to_owned());
+                let mut conv = self.lock_conversation(tx, conversation_id, &actor).await?;
+                // Checked under the conversation's lock: a racing retry that got here first
+                // has committed, and this statement sees it.
+                self.tick(1);
+                let sql = format!(
+                    "select {MSG_COLS} from messages m \
+                     where m.conversation_id = $1 and m.sender_id = $2 and m.client_id = $3"
+                );
+                if let Some(row) = sqlx::query(AssertSqlSafe(sql))
+                    .bind(conversation_id)
+                    .bind(sender)
+                    .bind(input.client_id.as_deref())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?
+                {
+                    let message = message_from(&row).map_err(db_error)?;
+                    return Ok(WriteOutcome::Sent {
+                        message,
+                        created: false,
+                    });
+                }
+                if let Some(parent) = &input.parent_id {
+                    self.tick(1);
+                    let found: Option<i64> = sqlx::query_scalar(
+                        "select seq from messages where message_id = $1 and conversation_id = $2",
+                    )
+                    .bind(parent)
+                    .bind(conversation_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                    if found.is_none() {
+                        return Err(StoreError::Invalid {
+                            field: "parent_id",
+                            message: "is not a message of this conversation".into(),
+                        });
+                    }
+                }
+                let (message, change) = self
+                    .append(tx, &mut conv, NewMessage::regular(sender, input), Some(sender))
+                    .await?;
+                pending.push(change);
+                Ok(WriteOutcome::Sent {
+                    message,
+                    created: true,
+                })
+            }
+
+            async fn read_in_tx(
+                &self,
+                tx: &mut Tx,
+                conversation_id: &str,
+                user: &str,
+                seq: Option<i64>,
+                pending: &mut Vec<PendingChange>,
+            ) -> StoreResult<WriteOutcome> {
+                self.tick(1);
+                let row = sqlx::query(
+                    "select mb.last_read_seq, c.last_seq from members mb \
+                     join conversations c on c.conversation_id = mb.conversation_id \
+                     where mb.conversation_id = $1 and mb.user_id = $2",
+                )
+                .bind(conversation_id)
+                .bind(user)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_error)?
+                .ok_or(StoreError::NotFound)?;
+                let current: i64 = row.try_get(0).map_err(db_error)?;
+                let last: i64 = row.try_get(1).map_err(db_error)?;
+                let target = seq.unwrap_or(last).min(last);
+                if target <= current {
+                    return Ok(WriteOutcome::Read {
+                        last_read_seq: current,
+                    });
+                }
+                self.tick(1);
+                sqlx::query(
+                    "update members set last_read_seq = $3 \
+                     where conversation_id = $1 and user_id = $2 and last_read_seq < $3",
+                )
+                .bind(conversation_id)
+                .bind(user)
+                .bind(target)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+                pending.push(PendingChange {
+                    conversation_id: conversation_id.to_owned(),
+                    kind: ChangeKind::Read,
+                    user_id: Some(user.to_owned()),
+                    data: json!({"conversation_id": conversation_id, "user_id": user, "seq": target}),
+                });
+                Ok(WriteOutcome::Read {
+                    last_read_seq: target,
+                })
+            }
+
+            async fn tags_of(&self, tx: &mut Tx, id: &str) -> StoreResult<Vec<String>> {
+                self.tick(1);
+                sqlx::query_scalar(
+                    "select tag from conversation_tags where conversation_id = $1 order by tag",
+                )
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db_error)
+            }
+
+            /// Turns conversation rows into the caller's view: members (at most 20, the
+            /// caller first), last messages, tags and unread counts. Four queries whatever
+            /// the number of rows.
+            async fn hydrate(
+                &self,
+                caller: &str,
+                rows: Vec<ConvRow>,
+            ) -> StoreResult<Vec<Conversation>> {
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                let n = ids.len();
+                self.tick(4);
+
+                let sql = format!(
+                    "select * from (select mb.conversation_id as mb_conversation_id, \
+                     mb.role as mb_role, mb.last_read_seq as mb_last_read_seq, \
+                     mb.joined_at as mb_joined_at, \
+                     u.user_id as u_user_id, u.name as u_name, u.image_url as u_image_url, \
+                     u.kind as u_kind, u.custom as u_custom, u.last_seen_at as u_last_seen_at, \
+                     u.created_at as u_created_at, u.updated_at as u_updated_at, \
+                     row_number() over (partition by mb.conversation_id order by \
+                       case when mb.user_id = $1 then 0 else 1 end, mb.joined_at, mb.user_id) as rn \
+                     from members mb join users u on u.user_id = mb.user_id \
+                     where mb.conversation_id in ({})) x where rn <= 20 \
+                     order by mb_conversation_id, rn",
+                    params(2, n)
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(caller);
+                for id in &ids {
+                    q = q.bind(*id);
+                }
+                let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                    let conv: String = r.try_get("mb_conversation_id").map_err(db_error)?;
+                    let user = user_from(&r, "u_").map_err(db_error)?;
+                    members.entry(conv).or_default().push(Member {
+                        user_id: user.id.clone(),
+                        role: r.try_get("mb_role").map_err(db_error)?,
+                        last_read_seq: r.try_get("mb_last_read_seq").map_err(db_error)?,
+                        joined_at: Timestamp(r.try_get("mb_joined_at").map_err(db_error)?),
+                        user,
+                    });
+                }
+
+                let last_ids: Vec<&str> =
+                    rows.iter().filter_map(|r| r.last_message_id.as_deref()).collect();
+                let mut last: HashMap<String, Message> = HashMap::new();
+                if !last_ids.is_empty() {
+                    let sql = format!(
+                        "select {MSG_COLS} from messages m where m.message_id in ({})",
+                        params(1, last_ids.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for id in &last_ids {
+                        q = q.bind(*id);
+                    }
+                    for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                        let m = message_from(&r).map_err(db_error)?;
+                        last.insert(m.conversation_id.clone(), m);
+                    }
+                }
+
+                let sql = format!(
+                    "select conversation_id, tag from conversation_tags \
+                     where conversation_id in ({}) order by conversation_id, tag",
+                    params(1, n)
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for id in &ids {
+                    q = q.bind(*id);
+                }
+                let mut tags: HashMap<String, Vec<String>> = HashMap::new();
+                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                    tags.entry(r.try_get(0).map_err(db_error)?)
+                        .or_default()
+                        .push(r.try_get(1).map_err(db_error)?);
+                }
+
+                let unread = self.unread_counts(caller, Some(&ids)).await?;
+
+                Ok(rows
+                    .into_iter()
+                    .map(|r| {
+                        let members = members.remove(&r.id).unwrap_or_default();
+                        let (mut name, mut image_url) = (r.name.clone(), r.image_url.clone());
+                        if r.kind == "direct" && !caller.is_empty() {
+                            if let Some(other) = members.iter().find(|m| m.user_id != caller) {
+                                name = name.or_else(|| Some(other.user.name.clone()));
+                                image_url = image_url.or_else(|| other.user.image_url.clone());
+                            }
+                        }
+                        Conversation {
+                            unread_count: unread.get(&r.id).copied().unwrap_or(0),
+                            last_message: last.remove(&r.id),
+                            tags: tags.remove(&r.id).unwrap_or_default(),
+                            id: r.id,
+                            kind: r.kind,
+                            name,
+                            image_url,
+                            created_by: r.created_by,
+                            external_id: r.external_id,
+                            custom: r.custom,
+                            member_count: r.member_count,
+                            members,
+                            last_seq: r.last_seq,
+                            created_at: Timestamp(r.created_at),
+                            updated_at: Timestamp(r.updated_at),
+                            last_message_at: r.last_message_at.map(Timestamp),
+                            messages: None,
+                        }
+                    })
+                    .collect())
+            }
+
+            /// Exact unread counts of `user` (in `only` when given), non-zero only. Counts
+            /// only the messages past each read position, never a whole conversation.
+            async fn unread_counts(
+                &self,
+                user: &str,
+                only: Option<&[&str]>,
+            ) -> StoreResult<HashMap<String, i64>> {
+                let filter = match only {
+                    Some(ids) if ids.is_empty() => return Ok(HashMap::new()),
+                    Some(ids) => format!("and mb.conversation_id in ({})", params(2, ids.len())),
+                    None => String::new(),
+                };
+                let sql = format!(
+                    "select x.conversation_id, x.n from (select mb.conversation_id, \
+                     (select count(*) from messages m where m.conversation_id = mb.conversation_id \
+                      and m.seq > mb.last_read_seq and m.deleted_at is null \
+                      and (m.sender_id is null or m.sender_id <> mb.user_id)) as n \
+                     from members mb join conversations c on c.conversation_id = mb.conversation_id \
+                     where mb.user_id = $1 and c.last_seq > mb.last_read_seq {filter}) x \
+                     where x.n > 0 order by x.conversation_id"
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(user);
+                for id in only.unwrap_or(&[]) {
+                    q = q.bind(*id);
+                }
+                let mut out = HashMap::new();
+                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                    out.insert(
+                        r.try_get::<String, _>(0).map_err(db_error)?,
+                        r.try_get::<i64, _>(1).map_err(db_error)?,
+                    );
+                }
+                Ok(out)
+            }
+
+            async fn message_for_change(
+                &self,
+                tx: &mut Tx,
+                actor: &Actor,
+                message_id: &str,
+            ) -> StoreResult<Message> {
+                self.tick(1);
+                let sql = format!(
+                    "select {MSG_COLS}, (select mb.user_id from members mb where \
+                     mb.conversation_id = m.conversation_id and mb.user_id = $2) as member \
+                     from messages m where m.message_id = $1"
+                );
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(message_id)
+                    .bind(actor.user_id().unwrap_or(""))
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or(StoreError::NotFound)?;
+                let member: Option<String> = row.try_get("member").map_err(db_error)?;
+                if actor.user_id().is_some() && member.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+                message_from(&row).map_err(db_error)
+            }
+
+            async fn reload_message(&self, tx: &mut Tx, id: &str) -> StoreResult<Message> {
+                self.tick(1);
+                let sql = format!("select {MSG_COLS} from messages m where m.message_id = $1");
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                message_from(&row).map_err(db_error)
+            }
+
+            /// Who may change a conversation: a member (NotFound otherwise) or the server.
+            fn system_by(actor: &Actor) -> Value {
+                match actor {
+                    Actor::User(u) => json!(u),
+                    Actor::Server => Value::Null,
+                }
+            }
+
+            async fn conversation_updated(
+                &self,
+                tx: &mut Tx,
+                conv: &ConvRow,
+                pending: &mut Vec<PendingChange>,
+            ) -> StoreResult<()> {
+                let tags = self.tags_of(tx, &conv.id).await?;
+                pending.push(PendingChange {
+                    conversation_id: conv.id.clone(),
+                    kind: ChangeKind::ConversationUpdated,
+                    user_id: None,
+                    data: conv.snapshot(&tags),
+                });
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            fn query_count(&self) -> u64 {
+                self.queries.load(Ordering::Relaxed)
+            }
+
+            fn pool_stats(&self) -> (u32, u32) {
+                (
+                    self.reader.size() + self.writer.size(),
+                    (self.reader.num_idle() + self.writer.num_idle()) as u32,
+                )
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                self.tick(1);
+                sqlx::query("select 1")
+                    .execute(&self.reader)
+                    .await
+                    .map_err(db_error)?;
+                Ok(())
+            }
+
+            async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+                self.tick(1);
+                sqlx::query_scalar("select value from settings where key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.writer)
+                    .await
+                    .map_err(db_error)
+            }
+
+            async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
+                self.tick(2);
+                sqlx::query("insert into settings (key, value) values ($1, $2) on conflict (key) do nothing")
+                    .bind(key)
+                    .bind(value)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(db_error)?;
+                sqlx::query_scalar("select value from settings where key = $1")
+                    .bind(key)
+                    .fetch_one(&self.writer)
+                    .await
+                    .map_err(db_error)
+            }
+
+            async fn upsert_users(&self, users: &[UserInput]) -> StoreResult<Vec<User>> {
+                let mut tx = self.begin().await?;
+                let t = now();
+                for u in users {
+                    self.tick(1);
+                    sqlx::query(
+                        "insert into users (user_id, name, image_url, kind, custom, created_at, updated_at) \
+                         values ($1, coalesce($2, $1), $3, coalesce($5, 'user'), coalesce($6, '{}'), $7, $7) \
+                         on conflict (user_id) do update set \
+                           name = coalesce($2, users.name), \
+                           image_url = case when $4 = 1 then $3 else users.image_url end, \
+                           kind = coalesce($5, users.kind), \
+                           custom = coalesce($6, users.custom), \
+                           updated_at = $7",
+                    )
+                    .bind(&u.id)
+                    .bind(u.name.as_deref())
+                    .bind(u.image_url.clone().flatten())
+                    .bind(u.image_url.is_some() as i64)
+                    .bind(u.kind.as_deref())
+                    .bind(u.custom.as_ref().map(json_text))
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                }
+                self.commit(tx).await?;
+                let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+                self.get_users(&ids).await
+            }
+
+            async fn get_users(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut found: HashMap<String, User> = HashMap::new();
+                for chunk in ids.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "select {USER_COLS} from users u where u.user_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                        let u = user_from(&r, "").map_err(db_error)?;
+                        found.insert(u.id.clone(), u);
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                Ok(ids
+                    .iter()
+                    .filter(|id| seen.insert(id.as_str()))
+                    .filter_map(|id| found.get(id).cloned())
+                    .collect())
+            }
+
+            async fn user_for_token(&self, id: &str) -> StoreResult<UserState> {
+                self.tick(1);
+                let row: Option<Option<i64>> =
+                    sqlx::query_scalar("select deactivated_at from users where user_id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.reader)
+                        .await
+                        .map_err(db_error)?;
+                match row {
+                    Some(Some(_)) => Ok(UserState::Deactivated),
+                    Some(None) => Ok(UserState::Active),
+                    None => {
+                        let mut tx = self.begin().await?;
+                        self.ensure_users(&mut tx, &[id.to_owned()]).await?;
+                        self.commit(tx).await?;
+                        Ok(UserState::Active)
+                    }
+                }
+            }
+
+            async fn deactivate_user(&self, id: &str) -> StoreResult<()> {
+                self.tick(1);
+                let t = now();
+                let done = sqlx::query(
+                    "update users set deactivated_at = coalesce(deactivated_at, $2), updated_at = $2 \
+                     where user_id = $1",
+                )
+                .bind(id)
+                .bind(t)
+                .execute(&self.writer)
+                .await
+                .map_err(db_error)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn create_conversation(
+                &self,
+                new: &NewConversation,
+            ) -> StoreResult<Committed<(String, bool)>> {
+                let mut tx = self.begin().await?;
+                self.ensure_users(&mut tx, &new.member_ids).await?;
+                let direct_key = (new.kind == "direct").then(|| {
+                    let mut pair: Vec<&str> = new.member_ids.iter().map(String::as_str).collect();
+                    pair.sort_unstable();
+                    pair.join(" ")
+                });
+                let id = new_id();
+                let t = now();
+                self.tick(1);
+                let inserted: Option<String> = sqlx::query_scalar(
+                    "insert into conversations (conversation_id, kind, name, image_url, created_by, \
+                     external_id, direct_key, custom, member_count, activity_at, created_at, updated_at) \
+                     values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10,$10) \
+                     on conflict do nothing returning conversation_id",
+                )
+                .bind(&id)
+                .bind(&new.kind)
+                .bind(new.name.as_deref())
+                .bind(new.image_url.as_deref())
+                .bind(new.created_by.as_deref())
+                .bind(new.external_id.as_deref())
+                .bind(direct_key.as_deref())
+                .bind(json_text(&new.custom))
+                .bind(new.member_ids.len() as i64)
+                .bind(t)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                if inserted.is_none() {
+                    self.tick(1);
+                    let existing: Option<String> = sqlx::query_scalar(
+                        "select conversation_id from conversations \
+                         where direct_key = $1 or external_id = $2 limit 1",
+                    )
+                    .bind(direct_key.as_deref())
+                    .bind(new.external_id.as_deref())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    self.commit(tx).await?;
+                    let existing = existing
+                        .ok_or_else(|| StoreError::Conflict("conversations".into()))?;
+                    return Ok(Committed {
+                        value: (existing, false),
+                        changes: Vec::new(),
+                    });
+                }
+                self.tick(1);
+                let sql = format!(
+                    "insert into members (conversation_id, user_id, role, joined_at) values {}",
+                    tuples(1, new.member_ids.len(), 4)
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for m in &new.member_ids {
+                    let role = if new.created_by.as_deref() == Some(m.as_str()) {
+                        "owner"
+                    } else {
+                        "member"
+                    };
+                    q = q.bind(&id).bind(m).bind(role).bind(t);
+                }
+                // last_read_seq takes its default (0): a new conversation has no messages.
+                q.execute(&mut *tx).await.map_err(db_error)?;
+                if !new.tags.is_empty() {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
+                        tuples(1, new.tags.len(), 2)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for tag in &new.tags {
+                        q = q.bind(&id).bind(tag);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                let mut tags = new.tags.clone();
+                tags.sort();
+                tags.dedup();
+                let row = ConvRow {
+                    id: id.clone(),
+                    kind: new.kind.clone(),
+                    name: new.name.clone(),
+                    image_url: new.image_url.clone(),
+                    created_by: new.created_by.clone(),
+                    external_id: new.external_id.clone(),
+                    custom: new.custom.clone(),
+                    member_count: new.member_ids.len() as i64,
+                    last_seq: 0,
+                    last_message_id: None,
+                    last_message_at: None,
+                    activity_at: t,
+                    created_at: t,
+                    updated_at: t,
+                };
+                let mut data = row.snapshot(&tags);
+                data["member_ids"] = json!(new.member_ids);
+                let changes = self
+                    .record(
+                        &mut tx,
+                        vec![PendingChange {
+                            conversation_id: id.clone(),
+                            kind: ChangeKind::ConversationCreated,
+                            user_id: None,
+                            data,
+                        }],
+                    )
+                    .await?;
+                self.commit(tx).await?;
+                Ok(Committed {
+                    value: (id, true),
+                    changes,
+                })
+            }
+
+            async fn conversations_for(
+                &self,
+                caller: Option<&str>,
+                ids: &[String],
+                messages: u32,
+            ) -> StoreResult<Vec<Conversation>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.tick(1);
+                let sql = format!(
+                    "select {CONV_COLS} from conversations c left join members mb \
+                     on mb.conversation_id = c.conversation_id and mb.user_id = $1 \
+                     where c.conversation_id in ({}) {}",
+                    params(2, ids.len()),
+                    if caller.is_some() { "and mb.user_id is not null" } else { "" }
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(caller.unwrap_or(""));
+                for id in ids {
+                    q = q.bind(id);
+                }
+                let mut rows: HashMap<String, ConvRow> = HashMap::new();
+                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                    let c = conv_from(&r).map_err(db_error)?;
+                    rows.insert(c.id.clone(), c);
+                }
+                let ordered: Vec<ConvRow> = ids.iter().filter_map(|id| rows.remove(id)).collect();
+                let mut out = self.hydrate(caller.unwrap_or(""), ordered).await?;
+                if let (Some(caller), true) = (caller, messages > 0) {
+                    for c in &mut out {
+                        let (page, _) = self
+                            .page_messages(caller, &c.id, PageBound::Newest, messages)
+                            .await?;
+                        c.messages = Some(page);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn list_conversations(
+                &self,
+                caller: &str,
+                f: &ListFilter,
+            ) -> StoreResult<ConversationPage> {
+                // Filters shared by the page and the total; `$1` is the caller.
+                let mut wh = String::from("mb.user_id = $1");
+                let mut args: Vec<Value> = vec![json!(caller)];
+                fn arg(args: &mut Vec<Value>, v: Value) -> String {
+                    args.push(v);
+                    format!("${}", args.len())
+                }
+                if let Some(k) = &f.kind {
+                    wh += &format!(" and c.kind = {}", arg(&mut args, json!(k)));
+                }
+                if let Some(t) = f.updated_after {
+                    wh += &format!(" and c.activity_at >= {}", arg(&mut args, json!(t.0)));
+                }
+                if let Some(t) = f.updated_before {
+                    wh += &format!(" and c.activity_at <= {}", arg(&mut args, json!(t.0)));
+                }
+                if !f.tags.is_empty() {
+                    let ps: Vec<String> =
+                        f.tags.iter().map(|t| arg(&mut args, json!(t))).collect();
+                    let n = arg(&mut args, json!(f.tags.len() as i64));
+                    wh += &format!(
+                        " and (select count(*) from conversation_tags t where \
+                         t.conversation_id = c.conversation_id and t.tag in ({})) = {n}",
+                        ps.join(",")
+                    );
+                }
+                if !f.exclude_tags.is_empty() {
+                    let ps: Vec<String> =
+                        f.exclude_tags.iter().map(|t| arg(&mut args, json!(t))).collect();
+                    wh += &format!(
+                        " and not exists (select 1 from conversation_tags t where \
+                         t.conversation_id = c.conversation_id and t.tag in ({}))",
+                        ps.join(",")
+                    );
+                }
+                if let Some(q) = &f.q {
+                    let p = arg(&mut args, json!(like_pattern(q)));
+                    wh += &format!(
+                        " and (lower(c.name) like {p} escape '\\' or exists (select 1 from \
+                         members o join users u on u.user_id = o.user_id where \
+                         o.conversation_id = c.conversation_id and o.user_id <> $1 and \
+                         lower(u.name) like {p} escape '\\'))"
+                    );
+                }
+                if f.unread_only {
+                    wh += " and c.last_seq > mb.last_read_seq and exists (select 1 from messages m \
+                           where m.conversation_id = c.conversation_id and m.seq > mb.last_read_seq \
+                           and m.deleted_at is null and (m.sender_id is null or m.sender_id <> $1))";
+                }
+                let total_where = wh.clone();
+                let total_args = args.clone();
+                if let Some((at, id)) = &f.cursor {
+                    let a = arg(&mut args, json!(at));
+                    let i = arg(&mut args, json!(id));
+                    wh += &format!(
+                        " and (c.activity_at < {a} or (c.activity_at = {a} and c.conversation_id < {i}))"
+                    );
+                }
+                let lim = arg(&mut args, json!(f.limit as i64 + 1));
+                let sql = format!(
+                    "select {CONV_COLS}, mb.last_read_seq as my_last_read_seq \
+                     from members mb join conversations c on c.conversation_id = mb.conversation_id \
+                     where {wh} order by c.activity_at desc, c.conversation_id desc limit {lim}"
+                );
+                fn bind_all<'q>(
+                    mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+                    args: &'q [Value],
+                ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+                    for a in args {
+                        q = match a {
+                            Value::Number(n) => q.bind(n.as_i64().unwrap_or(0)),
+                            Value::String(s) => q.bind(s.as_str()),
+                            _ => q.bind(Option::<String>::None),
+                        };
+                    }
+                    q
+                }
+                self.tick(1);
+                let fetched = bind_all(sqlx::query(AssertSqlSafe(sql)), &args)
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(db_error)?;
+                let mut rows = fetched
+                    .iter()
+                    .map(conv_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_error)?;
+                let more = rows.len() > f.limit as usize;
+                rows.truncate(f.limit as usize);
+                let next = if more {
+                    rows.last().map(|r| (r.activity_at, r.id.clone()))
+                } else {
+                    None
+                };
+                let total = if f.include_total {
+                    self.tick(1);
+                    let sql = format!(
+                        "select count(*) from members mb join conversations c \
+                         on c.conversation_id = mb.conversation_id where {total_where}"
+                    );
+                    let n: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &total_args)
+                        .fetch_one(&self.reader)
+                        .await
+                        .map_err(db_error)?
+                        .try_get(0)
+                        .map_err(db_error)?;
+                    Some(n)
+                } else {
+                    None
+                };
+                let conversations = self.hydrate(caller, rows).await?;
+                Ok(ConversationPage {
+                    conversations,
+                    next,
+                    total,
+                })
+            }
+
+            async fn update_conversation(
+                &self,
+                actor: &Actor,
+                id: &str,
+                patch: &ConversationPatch,
+            ) -> StoreResult<Committed<()>> {
+                let mut tx = self.begin().await?;
+                let mut conv = self.lock_conversation(&mut tx, id, actor).await?;
+                let mut pending = Vec::new();
+                let renamed = patch.name.as_ref().is_some_and(|n| *n != conv.name);
+                let restyled = patch.image_url.as_ref().is_some_and(|i| *i != conv.image_url);
+                let recustomed = patch.custom.as_ref().is_some_and(|c| *c != conv.custom);
+                if !(renamed || restyled || recustomed) {
+                    self.commit(tx).await?;
+                    return Ok(Committed { value: (), changes: Vec::new() });
+                }
+                if let Some(n) = &patch.name {
+                    conv.name = n.clone();
+                }
+                if let Some(i) = &patch.image_url {
+                    conv.image_url = i.clone();
+                }
+                if let Some(c) = &patch.custom {
+                    conv.custom = c.clone();
+                }
+                conv.updated_at = now();
+                self.tick(1);
+                sqlx::query(
+                    "update conversations set name = $2, image_url = $3, custom = $4, updated_at = $5 \
+                     where conversation_id = $1",
+                )
+                .bind(id)
+                .bind(conv.name.as_deref())
+                .bind(conv.image_url.as_deref())
+                .bind(json_text(&conv.custom))
+                .bind(conv.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                if renamed {
+                    let system = NewMessage::system(json!({
+                        "event": "renamed", "name": conv.name, "by": Self::system_by(actor),
+                    }));
+                    let (_, change) = self.append(&mut tx, &mut conv, system, actor.user_id()).await?;
+                    pending.push(change);
+                }
+                self.conversation_updated(&mut tx, &conv, &mut pending).await?;
+                let changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: (), changes })
+            }
+
+            async fn set_tags(
+                &self,
+                actor: &Actor,
+                id: &str,
+                tags: &[String],
+            ) -> StoreResult<Committed<()>> {
+                let mut tx = self.begin().await?;
+                let mut conv = self.lock_conversation(&mut tx, id, actor).await?;
+                let current = self.tags_of(&mut tx, id).await?;
+                let mut wanted: Vec<String> = tags.to_vec();
+                wanted.sort();
+                wanted.dedup();
+                if wanted == current {
+                    self.commit(tx).await?;
+                    return Ok(Committed { value: (), changes: Vec::new() });
+                }
+                self.tick(2);
+                sqlx::query("delete from conversation_tags where conversation_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                if !wanted.is_empty() {
+                    let sql = format!(
+                        "insert into conversation_tags (conversation_id, tag) values {}",
+                        tuples(1, wanted.len(), 2)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for tag in &wanted {
+                        q = q.bind(id).bind(tag);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                conv.updated_at = now();
+                self.tick(1);
+                sqlx::query("update conversations set updated_at = $2 where conversation_id = $1")
+                    .bind(id)
+                    .bind(conv.updated_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                let changes = self
+                    .record(
+                        &mut tx,
+                        vec![PendingChange {
+                            conversation_id: id.to_owned(),
+                            kind: ChangeKind::ConversationUpdated,
+                            user_id: None,
+                            data: conv.snapshot(&wanted),
+                        }],
+                    )
+                    .await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: (), changes })
+            }
+
+            async fn add_members(
+                &self,
+                actor: &Actor,
+                id: &str,
+                user_ids: &[String],
+            ) -> StoreResult<Committed<()>> {
+                let mut tx = self.begin().await?;
+                let mut conv = self.lock_conversation(&mut tx, id, actor).await?;
+                if conv.kind == "direct" {
+                    return Err(StoreError::Invalid {
+                        field: "user_ids",
+                        message: "members cannot be added to a direct conversation".into(),
+                    });
+                }
+                self.ensure_users(&mut tx, user_ids).await?;
+                let t = now();
+                let mut added: Vec<String> = Vec::new();
+                for chunk in user_ids.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into members (conversation_id, user_id, role, last_read_seq, joined_at) \
+                         values {} on conflict do nothing returning user_id",
+                        tuples(1, chunk.len(), 5)
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+                    for u in chunk {
+                        q = q.bind(id).bind(u).bind("member").bind(conv.last_seq).bind(t);
+                    }
+                    added.extend(q.fetch_all(&mut *tx).await.map_err(db_error)?);
+                }
+                if added.is_empty() {
+                    self.commit(tx).await?;
+                    return Ok(Committed { value: (), changes: Vec::new() });
+                }
+                // Keep the request's order for the system message and the events.
+                added.sort_by_key(|u| user_ids.iter().position(|x| x == u));
+                conv.member_count += added.len() as i64;
+                conv.updated_at = t;
+                self.tick(1);
+                sqlx::query(
+                    "update conversations set member_count = $2, updated_at = $3 where conversation_id = $1",
+                )
+                .bind(id)
+                .bind(conv.member_count)
+                .bind(t)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let mut pending: Vec<PendingChange> = added
+                    .iter()
+                    .map(|u| PendingChange {
+                        conversation_id: id.to_owned(),
+                        kind: ChangeKind::MemberJoined,
+                        user_id: Some(u.clone()),
+                        data: json!({"conversation_id": id, "user_id": u}),
+                    })
+                    .collect();
+                let system = NewMessage::system(json!({
+                    "event": "members_added", "user_ids": added, "by": Self::system_by(actor),
+                }));
+                let (_, change) = self.append(&mut tx, &mut conv, system, actor.user_id()).await?;
+                pending.push(change);
+                let changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: (), changes })
+            }
+
+            async fn remove_member(
+                &self,
+                actor: &Actor,
+                id: &str,
+                user_id: &str,
+            ) -> StoreResult<Committed<()>> {
+                let mut tx = self.begin().await?;
+                let mut conv = self.lock_conversation(&mut tx, id, actor).await?;
+                self.tick(1);
+                let roles: Vec<(String, String)> = {
+                    let rows = sqlx::query(
+                        "select user_id, role from members where conversation_id = $1 and user_id in ($2, $3)",
+                    )
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(actor.user_id().unwrap_or(""))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    rows.iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(db_error)?
+                };
+                if !roles.iter().any(|(u, _)| u == user_id) {
+                    return Err(StoreError::NotFound);
+                }
+                let allowed = match actor {
+                    Actor::Server => true,
+                    Actor::User(me) => {
+                        me == user_id || roles.iter().any(|(u, r)| u == me && r == "owner")
+                    }
+                };
+                if !allowed {
+                    return Err(StoreError::Forbidden("only the owner may remove other members"));
+                }
+                if conv.kind == "direct" {
+                    return Err(StoreError::Invalid {
+                        field: "user_id",
+                        message: "members cannot leave a direct conversation".into(),
+                    });
+                }
+                self.tick(2);
+                sqlx::query("delete from members where conversation_id = $1 and user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                conv.member_count -= 1;
+                conv.updated_at = now();
+                sqlx::query(
+                    "update conversations set member_count = $2, updated_at = $3 where conversation_id = $1",
+                )
+                .bind(id)
+                .bind(conv.member_count)
+                .bind(conv.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let left = actor.user_id() == Some(user_id);
+                let mut pending = vec![PendingChange {
+                    conversation_id: id.to_owned(),
+                    kind: ChangeKind::MemberLeft,
+                    user_id: Some(user_id.to_owned()),
+                    data: json!({"conversation_id": id, "user_id": user_id}),
+                }];
+                let system = NewMessage::system(json!({
+                    "event": if left { "member_left" } else { "member_removed" },
+                    "user_id": user_id, "by": Self::system_by(actor),
+                }));
+                let reader = if left { None } else { actor.user_id() };
+                let (_, change) = self.append(&mut tx, &mut conv, system, reader).await?;
+                pending.push(change);
+                let changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: (), changes })
+            }
+
+            async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult> {
+                // Conversations are locked in id order, so two nodes' batches cannot deadlock;
+                // ops of one conversation keep their arrival order (stable sort).
+                let mut order: Vec<usize> = (0..ops.len()).collect();
+                order.sort_by(|&a, &b| op_conversation(&ops[a]).cmp(op_conversation(&ops[b])));
+                let mut tx = self.begin().await?;
+                let mut pending = Vec::new();
+                let mut outcomes: Vec<Option<StoreResult<WriteOutcome>>> =
+                    (0..ops.len()).map(|_| None).collect();
+                for i in order {
+                    let outcome = match &ops[i] {
+                        WriteOp::Send { conversation_id, sender_id, input } => {
+                            self.send_in_tx(&mut tx, conversation_id, sender_id, input, &mut pending)
+                                .await
+                        }
+                        WriteOp::Read { conversation_id, user_id, seq } => {
+                            self.read_in_tx(&mut tx, conversation_id, user_id, *seq, &mut pending)
+                                .await
+                        }
+                    };
+                    // A database failure aborts the transaction: every op fails with it.
+                    if let Err(e @ (StoreError::Other(_) | StoreError::Unavailable(_) | StoreError::Conflict(_))) = &outcome {
+                        let msg = e.to_string();
+                        drop(tx);
+                        return Err(StoreError::Unavailable(msg));
+                    }
+                    outcomes[i] = Some(outcome);
+                }
+                let changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+                Ok(BatchResult {
+                    outcomes: outcomes.into_iter().map(|o| o.expect("every op ran")).collect(),
+                    changes,
+                })
+            }
+
+            async fn page_messages(
+                &self,
+                caller: &str,
+                conversation_id: &str,
+                bound: PageBound,
+                limit: u32,
+            ) -> StoreResult<(Vec<Message>, bool)> {
+                let (cond, order, seq) = match bound {
+                    PageBound::Newest => ("", "desc", 0),
+                    PageBound::Before(s) => (" and m.seq < $4", "desc", s),
+                    PageBound::After(s) => (" and m.seq > $4", "asc", s),
+                };
+                let sql = format!(
+                    "select {MSG_COLS} from members mb left join messages m \
+                     on m.conversation_id = mb.conversation_id{cond} \
+                     where mb.conversation_id = $1 and mb.user_id = $2 \
+                     order by m.seq {order} limit $3"
+                );
+                self.tick(1);
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(conversation_id)
+                    .bind(caller)
+                    .bind(limit as i64 + 1);
+                if !cond.is_empty() {
+                    q = q.bind(seq);
+                }
+                let rows = q.fetch_all(&self.reader).await.map_err(db_error)?;
+                if rows.is_empty() {
+                    return Err(StoreError::NotFound);
+                }
+                let mut messages = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    if r.try_get::<Option<String>, _>("message_id").map_err(db_error)?.is_some() {
+                        messages.push(message_from(r).map_err(db_error)?);
+                    }
+                }
+                let more = messages.len() > limit as usize;
+                messages.truncate(limit as usize);
+                if order == "desc" {
+                    messages.reverse();
+                }
+                Ok((messages, more))
+            }
+
+            async fn edit_message(
+                &self,
+                actor: &Actor,
+                message_id: &str,
+                text: Option<&str>,
+                custom: Option<&Value>,
+            ) -> StoreResult<Committed<Message>> {
+                let mut tx = self.begin().await?;
+                let m = self.message_for_change(&mut tx, actor, message_id).await?;
+                if actor.user_id().is_none() || m.sender_id.as_deref() != actor.user_id() {
+                    return Err(StoreError::Forbidden("only the sender may edit a message"));
+                }
+                if m.deleted_at.is_some() {
+                    return Err(StoreError::Conflict("message is deleted".into()));
+                }
+                let t = now();
+                self.tick(1);
+                sqlx::query(
+                    "update messages set text = coalesce($2, text), custom = coalesce($3, custom), \
+                     edited_at = $4 where message_id = $1",
+                )
+                .bind(message_id)
+                .bind(text)
+                .bind(custom.map(json_text))
+                .bind(t)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let message = self.reload_message(&mut tx, message_id).await?;
+                let changes = self
+                    .record(
+                        &mut tx,
+                        vec![PendingChange {
+                            conversation_id: message.conversation_id.clone(),
+                            kind: ChangeKind::MessageUpdated,
+                            user_id: None,
+                            data: serde_json::to_value(&message).unwrap_or(Value::Null),
+                        }],
+                    )
+                    .await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: message, changes })
+            }
+
+            async fn delete_message(
+                &self,
+                actor: &Actor,
+                message_id: &str,
+            ) -> StoreResult<Committed<Message>> {
+                let mut tx = self.begin().await?;
+                let m = self.message_for_change(&mut tx, actor, message_id).await?;
+                if let Actor::User(u) = actor {
+                    if m.sender_id.as_deref() != Some(u.as_str()) {
+                        return Err(StoreError::Forbidden("only the sender may delete a message"));
+                    }
+                }
+                if m.deleted_at.is_some() {
+                    self.commit(tx).await?;
+                    return Ok(Committed { value: m, changes: Vec::new() });
+                }
+                self.tick(1);
+                sqlx::query(
+                    "update messages set text = null, encrypted = null, attachments = '[]', \
+                     deleted_at = $2 where message_id = $1",
+                )
+                .bind(message_id)
+                .bind(now())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                let message = self.reload_message(&mut tx, message_id).await?;
+                let changes = self
+                    .record(
+                        &mut tx,
+                        vec![PendingChange {
+                            conversation_id: message.conversation_id.clone(),
+                            kind: ChangeKind::MessageDeleted,
+                            user_id: None,
+                            data: serde_json::to_value(&message).unwrap_or(Value::Null),
+                        }],
+                    )
+                    .await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: message, changes })
+            }
+
+            async fn unread(&self, user: &str) -> StoreResult<Vec<(String, i64)>> {
+                self.tick(1);
+                let mut v: Vec<(String, i64)> =
+                    self.unread_counts(user, None).await?.into_iter().collect();
+                v.sort();
+                Ok(v)
+            }
+
+            async fn changes_for(
+                &self,
+                user: &str,
+                after: i64,
+                upto: i64,
+                limit: u32,
+            ) -> StoreResult<Vec<Change>> {
+                self.tick(1);
+                let rows = sqlx::query(
+                    "select ch.pos, ch.conversation_id, ch.kind, ch.user_id, ch.data, ch.created_at \
+                     from changes ch where ch.pos > $2 and ch.pos <= $4 and (ch.user_id = $1 or exists (select 1 \
+                     from members mb where mb.conversation_id = ch.conversation_id and mb.user_id = $1)) \
+                     order by ch.pos limit $3",
+                )
+                .bind(user)
+                .bind(after)
+                .bind(limit as i64)
+                .bind(upto)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_error)?;
+                rows.iter().map(change_from).collect::<Result<_, _>>().map_err(db_error)
+            }
+
+            async fn last_position(&self) -> StoreResult<i64> {
+                self.tick(1);
+                sqlx::query_scalar("select value from counters where name = 'changes'")
+                    .fetch_one(&self.reader)
+                    .await
+                    .map_err(db_error)
+            }
+        }
+
+        fn op_conversation(op: &WriteOp) -> &str {
+            match op {
+                WriteOp::Send { conversation_id, .. } | WriteOp::Read { conversation_id, .. } => {
+                    conversation_id
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use sql_store;

@@ -1,0 +1,60 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, so an
+//! acknowledged write survives power loss. One writer connection (SQLite has one writer at a
+//! time anyway; holding it in-process means no `SQLITE_BUSY` between our own transactions) and
+//! a pool of read-only connections that WAL lets run beside it.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub struct SqliteStore {
+    /// The only connection that writes; `begin immediate` takes the file's write lock.
+    writer: SqlitePool,
+    /// Read-only connections for listing, paging and sync.
+    reader: SqlitePool,
+    /// Statements sent, for the query-count tests.
+    queries: Arc<AtomicU64>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &str, db_timeout: Duration) -> anyhow::Result<Self> {
+        let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(db_timeout)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16000");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(db_timeout)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        let store = SqliteStore {
+            writer,
+            reader: SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(db_timeout)
+                .connect_lazy_with(base.read_only(true)),
+            queries: Arc::default(),
+        };
+        store.migrate(super::migrate::SQLITE).await?;
+        Ok(store)
+    }
+}
+
+super::sql::sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    backend = Backend::Sqlite,
+    begin = "begin immediate",
+    lock = "",
+    migrate_lock = "select 1"
+);

@@ -1,0 +1,151 @@
+//! The write path: sends and read marks from every request are queued here and committed
+//! together, one transaction per batch of whatever is waiting, not one per message. That is how
+//! a durable write (fsync on commit) serves more writes per second than the database has
+//! commits per second. The caller is answered only after its batch has committed.
+//!
+//! Committed changes are published on the change bus for realtime and webhooks; nothing after
+//! the commit delays the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
+
+use crate::domain::Change;
+use crate::storage::{DynStore, StoreError, StoreResult, WriteOp, WriteOutcome};
+
+/// Committed changes, in position order, for whoever listens (realtime, webhooks, tests).
+#[derive(Clone)]
+pub struct ChangeBus {
+    tx: broadcast::Sender<Arc<Change>>,
+}
+
+impl ChangeBus {
+    pub fn new() -> Self {
+        ChangeBus {
+            tx: broadcast::channel(16 * 1024).0,
+        }
+    }
+
+    pub fn publish(&self, changes: Vec<Change>) {
+        for c in changes {
+            // No receiver is not an error: realtime may not be listening.
+            let _ = self.tx.send(Arc::new(c));
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for ChangeBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Queued {
+    op: WriteOp,
+    /// Past this instant the op is refused unstarted (503), so an answer of "unavailable"
+    /// always means "not written".
+    deadline: Instant,
+    reply: oneshot::Sender<StoreResult<WriteOutcome>>,
+}
+
+/// The handle requests use to submit writes.
+#[derive(Clone)]
+pub struct WritePath {
+    tx: mpsc::Sender<Queued>,
+    timeout: Duration,
+}
+
+impl WritePath {
+    /// Starts `workers` committing tasks (one is right for SQLite's single writer; a few let
+    /// PostgreSQL overlap one batch's commit with the next batch's statements).
+    pub fn start(
+        store: DynStore,
+        bus: ChangeBus,
+        workers: usize,
+        max_batch: usize,
+        timeout: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel::<Queued>(64 * 1024);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..workers.max(1) {
+            tokio::spawn(worker(store.clone(), bus.clone(), rx.clone(), max_batch));
+        }
+        WritePath { tx, timeout }
+    }
+
+    /// Queues one write and waits for its batch to commit.
+    pub async fn submit(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            op,
+            deadline: Instant::now() + self.timeout,
+            reply,
+        };
+        self.tx
+            .send(queued)
+            .await
+            .map_err(|_| StoreError::Unavailable("write path stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("write path stopped".into()))?
+    }
+}
+
+async fn worker(
+    store: DynStore,
+    bus: ChangeBus,
+    rx: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(max_batch);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut batch, max_batch).await == 0 {
+                return; // every sender is gone: the server is stopping
+            }
+        }
+        let now = Instant::now();
+        let (live, expired): (Vec<Queued>, Vec<Queued>) =
+            batch.drain(..).partition(|q| q.deadline > now);
+        for q in expired {
+            let _ = q.reply.send(Err(StoreError::Unavailable(
+                "the database did not take the write in time".into(),
+            )));
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let ops: Vec<WriteOp> = live.iter().map(|q| q.op.clone()).collect();
+        let started = Instant::now();
+        let result = store.write_batch(&ops).await;
+        metrics::histogram!("confab_write_batch_size").record(ops.len() as f64);
+        metrics::histogram!("confab_write_batch_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(done) => {
+                let sent = done
+                    .outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Ok(WriteOutcome::Sent { created: true, .. })))
+                    .count();
+                metrics::counter!("confab_messages_sent_total").increment(sent as u64);
+                for (q, outcome) in live.into_iter().zip(done.outcomes) {
+                    let _ = q.reply.send(outcome);
+                }
+                bus.publish(done.changes);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, size = ops.len(), "write batch failed");
+                let msg = e.to_string();
+                for q in live {
+                    let _ = q.reply.send(Err(StoreError::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+}
