@@ -34,7 +34,7 @@ pub async fn jwt_secret(config: &Config, store: &DynStore) -> anyhow::Result<(St
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = storage::open(&config.database_url, config.db_timeout).await?;
+        let store = storage::open(&config).await?;
         Self::with_store(config, store).await
     }
 

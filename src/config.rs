@@ -24,6 +24,8 @@ pub struct Config {
     pub rate_limit_per_ip: Option<RateLimit>,
     /// Largest number of writes committed in one transaction by the write path.
     pub max_batch: usize,
+    /// PostgreSQL connections per process (`CONFAB_DB_POOL_SIZE`, an extension).
+    pub db_pool_size: u32,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -162,8 +164,17 @@ impl Config {
                 .filter(|n| (1..=10_000).contains(n))
                 .ok_or_else(|| bad("CONFAB_MAX_BATCH", "must be a number from 1 to 10000"))?,
         };
+        let db_pool_size = match get("CONFAB_DB_POOL_SIZE") {
+            None => 32,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (2..=1000).contains(n))
+                .ok_or_else(|| bad("CONFAB_DB_POOL_SIZE", "must be a number from 2 to 1000"))?,
+        };
         Ok(Config {
             addr,
+            db_pool_size,
             database_url,
             jwt_secret,
             redis_url,

@@ -72,7 +72,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            confab::storage::open(&config.database_url, config.db_timeout).await?;
+            confab::storage::open(&config).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -81,7 +81,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             server,
             ttl,
         } => {
-            let store = confab::storage::open(&config.database_url, config.db_timeout).await?;
+            let store = confab::storage::open(&config).await?;
             let (secret, _) = jwt_secret(&config, &store).await?;
             let keys = Keys::new(&secret);
             let token = match user_id {

@@ -297,12 +297,22 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store the URL names (`sqlite://PATH` or `postgres://…`) and applies migrations.
-pub async fn open(url: &str, db_timeout: std::time::Duration) -> anyhow::Result<DynStore> {
+/// Opens the store the configured URL names (`sqlite://PATH` or `postgres://…`) and applies
+/// migrations.
+pub async fn open(config: &crate::config::Config) -> anyhow::Result<DynStore> {
+    open_url(&config.database_url, config.db_timeout, config.db_pool_size).await
+}
+
+/// Opens the store at `url`; `pool_size` bounds PostgreSQL connections.
+pub async fn open_url(
+    url: &str,
+    db_timeout: std::time::Duration,
+    pool_size: u32,
+) -> anyhow::Result<DynStore> {
     if let Some(path) = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")) {
         Ok(Arc::new(sqlite::SqliteStore::open(path, db_timeout).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(url, db_timeout).await?))
+        Ok(Arc::new(postgres::PgStore::open(url, db_timeout, pool_size).await?))
     } else {
         anyhow::bail!("CONFAB_DATABASE_URL must start with sqlite:// or postgres://")
     }
@@ -318,6 +328,15 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
         sqlx::Error::Database(d) if d.is_unique_violation() => {
             StoreError::Conflict(d.constraint().unwrap_or("unique").to_owned())
+        }
+        // PostgreSQL: connection exceptions (08), insufficient resources (53), operator
+        // intervention (57: statement timeout, admin shutdown).
+        sqlx::Error::Database(d)
+            if d.code().is_some_and(|c| {
+                c.len() == 5 && (c.starts_with("08") || c.starts_with("53") || c.starts_with("57"))
+            }) =>
+        {
+            StoreError::Unavailable(e.to_string())
         }
         sqlx::Error::Database(d) if d.code().as_deref() == Some("5") => {
             // SQLITE_BUSY: another process holds the write lock past busy_timeout.

@@ -17,10 +17,14 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    pub async fn open(url: &str, db_timeout: Duration) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)?;
+    pub async fn open(url: &str, db_timeout: Duration, pool_size: u32) -> anyhow::Result<Self> {
+        // A statement slower than CONFAB_DB_TIMEOUT is cancelled and answered 503.
+        let timeout_ms = db_timeout.as_millis().to_string();
+        let options = PgConnectOptions::from_str(url)?
+            .options([("statement_timeout", timeout_ms.as_str())])
+            .application_name("confab");
         let pool = PgPoolOptions::new()
-            .max_connections(32)
+            .max_connections(pool_size)
             .acquire_timeout(db_timeout)
             .connect_with(options)
             .await?;

@@ -363,6 +363,11 @@ macro_rules! sql_store {
             /// Creates bare users (name = id) for ids that do not exist.
             async fn ensure_users(&self, tx: &mut Tx, ids: &[String]) -> StoreResult<()> {
                 let t = now();
+                // Sorted and unique: two transactions inserting the same new users in another
+                // order would otherwise deadlock on PostgreSQL's unique index.
+                let mut ids = ids.to_vec();
+                ids.sort_unstable();
+                ids.dedup();
                 for chunk in ids.chunks(500) {
                     self.tick(1);
                     let sql = format!(
@@ -887,7 +892,10 @@ macro_rules! sql_store {
             async fn upsert_users(&self, users: &[UserInput]) -> StoreResult<Vec<User>> {
                 let mut tx = self.begin().await?;
                 let t = now();
-                for u in users {
+                // In id order, so concurrent upserts of the same users cannot deadlock.
+                let mut sorted: Vec<&UserInput> = users.iter().collect();
+                sorted.sort_by(|a, b| a.id.cmp(&b.id));
+                for u in sorted {
                     self.tick(1);
                     sqlx::query(
                         "insert into users (user_id, name, image_url, kind, custom, created_at, updated_at) \

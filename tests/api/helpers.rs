@@ -1,0 +1,213 @@
+//! The test harness: a real server on port 0 over a fresh database (a temporary SQLite file,
+//! or a new PostgreSQL database), with one helper per kind of request.
+
+use std::time::Duration;
+
+use confab::app::Application;
+use confab::config::Config;
+use confab::storage::DynStore;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("CONFAB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A URL to a new, empty database of the given kind.
+pub async fn fresh_database(db: Db) -> String {
+    let name = format!("confab_t_{}", uuid::Uuid::now_v7().simple());
+    match db {
+        Db::Sqlite => {
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            format!("sqlite://{}", path.display())
+        }
+        Db::Postgres => {
+            let admin = pg_admin_url();
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL must be running for the tests (see README)");
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    let mut c = Config::from_lookup(|_| None).expect("defaults are valid");
+    c.addr = "127.0.0.1:0".parse().unwrap();
+    c.database_url = database_url.to_owned();
+    c.jwt_secret = Some(SECRET.into());
+    c.rate_limit_per_user = None;
+    c.rate_limit_per_ip = None;
+    // Tests run side by side on one PostgreSQL (max_connections 100).
+    c.db_pool_size = 6;
+    c
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: DynStore,
+    pub keys: confab::auth::Keys,
+    pub db: Db,
+}
+
+pub async fn spawn_app(db: Db) -> TestApp {
+    let url = fresh_database(db).await;
+    spawn_app_with(db, test_config(&url)).await
+}
+
+pub async fn spawn_app_with(db: Db, config: Config) -> TestApp {
+    let store = confab::storage::open(&config).await.expect("open store");
+    let app = Application::with_store(config, store.clone())
+        .await
+        .expect("build app");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        base,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        store,
+        keys: confab::auth::Keys::new(SECRET),
+        db,
+    }
+}
+
+/// A response: status, headers and the body as JSON (`Null` when empty or not JSON).
+pub struct Res {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Res {
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        self.body
+    }
+
+    /// Asserts the contract's error body with this status and code; returns the `field`.
+    #[track_caller]
+    pub fn error(self, status: u16, code: &str) -> Option<String> {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.body["error"]["code"], json!(code), "body: {}", self.body);
+        assert!(self.body["error"]["message"].is_string(), "body: {}", self.body);
+        self.body["error"]["field"].as_str().map(str::to_owned)
+    }
+}
+
+impl TestApp {
+    pub fn user(&self, id: &str) -> String {
+        self.keys.user_token(id, Duration::from_secs(3600))
+    }
+
+    pub fn server(&self) -> String {
+        self.keys.server_token(Duration::from_secs(3600))
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Res {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Res { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Res {
+        self.raw(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Res {
+        self.raw(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Res {
+        self.raw(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Res {
+        self.raw(Method::PATCH, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Res {
+        self.raw(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Upserts users `(id, name)` with the server token.
+    pub async fn users(&self, users: &[(&str, &str)]) {
+        let list: Vec<Value> = users.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
+        self.put("/v1/users", &self.server(), json!({ "users": list })).await.expect(200);
+    }
+
+    /// Creates a conversation as `as_user`; returns its id.
+    pub async fn conversation(&self, as_user: &str, kind: &str, others: &[&str]) -> String {
+        let body = self
+            .post(
+                "/v1/conversations",
+                &self.user(as_user),
+                json!({"type": kind, "member_ids": others}),
+            )
+            .await;
+        assert!(body.status.is_success(), "create: {}", body.body);
+        body.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends `text` as `from`; returns the message.
+    pub async fn send(&self, from: &str, conversation: &str, client_id: &str, text: &str) -> Value {
+        self.post(
+            &format!("/v1/conversations/{conversation}/messages"),
+            &self.user(from),
+            json!({"client_id": client_id, "text": text}),
+        )
+        .await
+        .expect(201)
+    }
+}
+
+/// Runs a scenario on both backends as two tests: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Db::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Db::Postgres).await
+                }
+            }
+        )*
+    };
+}

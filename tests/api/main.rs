@@ -1,0 +1,13 @@
+//! API and storage contract tests: one test binary, each scenario against a real server on
+//! port 0, on SQLite and on PostgreSQL (`both!`).
+
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod conversations;
+mod edge;
+mod messages;
+mod storage;
+mod sweep;
+mod users;
