@@ -60,6 +60,8 @@ pub fn test_config(database_url: &str) -> Config {
 }
 
 pub struct TestApp {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub base: String,
     pub client: reqwest::Client,
     pub store: DynStore,
@@ -78,8 +80,13 @@ pub async fn spawn_app_with(db: Db, config: Config) -> TestApp {
         .await
         .expect("build app");
     let base = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
     TestApp {
+        stop: Some(stop),
+        server: Some(server),
         base,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -117,6 +124,16 @@ impl Res {
 }
 
 impl TestApp {
+    /// Stops the server gracefully and waits until it has stopped listening.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
     pub fn user(&self, id: &str) -> String {
         self.keys.user_token(id, Duration::from_secs(3600))
     }
@@ -210,4 +227,65 @@ macro_rules! both {
             }
         )*
     };
+}
+
+/// A `confab serve` process of the built binary, on a free port, over `database_url`.
+pub struct Process {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Process {
+    pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
+        cmd.arg("serve")
+            .env("CONFAB_ADDR", format!("127.0.0.1:{port}"))
+            .env("CONFAB_DATABASE_URL", database_url)
+            .env("CONFAB_JWT_SECRET", SECRET)
+            .env("CONFAB_DB_POOL_SIZE", "6")
+            .env("CONFAB_RATE_LIMIT_PER_USER", "0")
+            .env("CONFAB_RATE_LIMIT_PER_IP", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start confab");
+        let base = format!("http://127.0.0.1:{port}");
+        // The process needs a moment to migrate and bind: poll readiness, bounded.
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    return Process { child, base };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("confab serve did not become ready on {base}");
+    }
+
+    /// A `TestApp` talking to this process (with its own store handle for assertions).
+    pub async fn app(&self, db: Db, database_url: &str) -> TestApp {
+        let store = confab::storage::open_url(database_url, Duration::from_secs(5), 2)
+            .await
+            .expect("open store");
+        TestApp {
+            stop: None,
+            server: None,
+            base: self.base.clone(),
+            client: reqwest::Client::new(),
+            store,
+            keys: confab::auth::Keys::new(SECRET),
+            db,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

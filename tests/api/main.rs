@@ -10,4 +10,5 @@ mod edge;
 mod messages;
 mod storage;
 mod sweep;
+mod sync;
 mod users;
