@@ -63,7 +63,8 @@ impl Config {
                 .parse()
                 .map_err(|_| bad("CONFAB_ADDR", format!("{v:?} is not a HOST:PORT address")))?,
         };
-        let database_url = get("CONFAB_DATABASE_URL").unwrap_or_else(|| "sqlite://confab.db".into());
+        let database_url =
+            get("CONFAB_DATABASE_URL").unwrap_or_else(|| "sqlite://confab.db".into());
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -78,16 +79,22 @@ impl Config {
             return Err(bad("CONFAB_JWT_SECRET", "must be at least 16 characters"));
         }
         let redis_url = get("CONFAB_REDIS_URL");
-        if let Some(r) = &redis_url {
-            if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
-                return Err(bad("CONFAB_REDIS_URL", "must start with redis:// or rediss://"));
-            }
+        if let Some(r) = &redis_url
+            && !(r.starts_with("redis://") || r.starts_with("rediss://"))
+        {
+            return Err(bad(
+                "CONFAB_REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
         }
         let webhook_url = get("CONFAB_WEBHOOK_URL");
-        if let Some(u) = &webhook_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(bad("CONFAB_WEBHOOK_URL", "must be an http:// or https:// URL"));
-            }
+        if let Some(u) = &webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(bad(
+                "CONFAB_WEBHOOK_URL",
+                "must be an http:// or https:// URL",
+            ));
         }
         let webhook_secrets = match get("CONFAB_WEBHOOK_SECRET") {
             None => Vec::new(),
@@ -95,11 +102,16 @@ impl Config {
                 .split_whitespace()
                 .map(|s| {
                     let b64 = s.strip_prefix("whsec_").ok_or_else(|| {
-                        bad("CONFAB_WEBHOOK_SECRET", "each secret must start with whsec_")
+                        bad(
+                            "CONFAB_WEBHOOK_SECRET",
+                            "each secret must start with whsec_",
+                        )
                     })?;
                     base64::engine::general_purpose::STANDARD
                         .decode(b64)
-                        .map_err(|_| bad("CONFAB_WEBHOOK_SECRET", "whsec_ must be followed by base64"))
+                        .map_err(|_| {
+                            bad("CONFAB_WEBHOOK_SECRET", "whsec_ must be followed by base64")
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -128,12 +140,12 @@ impl Config {
         };
         let retention_days = match get("CONFAB_RETENTION_DAYS") {
             None => None,
-            Some(v) => Some(
-                v.parse::<u32>()
-                    .ok()
-                    .filter(|d| *d > 0)
-                    .ok_or_else(|| bad("CONFAB_RETENTION_DAYS", "must be a whole number of days ≥ 1"))?,
-            ),
+            Some(v) => Some(v.parse::<u32>().ok().filter(|d| *d > 0).ok_or_else(|| {
+                bad(
+                    "CONFAB_RETENTION_DAYS",
+                    "must be a whole number of days ≥ 1",
+                )
+            })?),
         };
         let graph_api_url = get("CONFAB_GRAPH_API_URL")
             .unwrap_or_else(|| "https://graph.facebook.com/v19.0".into())
@@ -144,17 +156,24 @@ impl Config {
         }
         let db_timeout = match get("CONFAB_DB_TIMEOUT") {
             None => Duration::from_secs(5),
-            Some(v) => parse_duration(&v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| bad("CONFAB_DB_TIMEOUT", format!("{v:?} is not a duration like 5s or 500ms")))?,
+            Some(v) => parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                bad(
+                    "CONFAB_DB_TIMEOUT",
+                    format!("{v:?} is not a duration like 5s or 500ms"),
+                )
+            })?,
         };
         let rate_limit_per_user = parse_rate(
             "CONFAB_RATE_LIMIT_PER_USER",
-            get("CONFAB_RATE_LIMIT_PER_USER").as_deref().unwrap_or("50/s burst 100"),
+            get("CONFAB_RATE_LIMIT_PER_USER")
+                .as_deref()
+                .unwrap_or("50/s burst 100"),
         )?;
         let rate_limit_per_ip = parse_rate(
             "CONFAB_RATE_LIMIT_PER_IP",
-            get("CONFAB_RATE_LIMIT_PER_IP").as_deref().unwrap_or("200/s burst 400"),
+            get("CONFAB_RATE_LIMIT_PER_IP")
+                .as_deref()
+                .unwrap_or("200/s burst 400"),
         )?;
         let max_batch = match get("CONFAB_MAX_BATCH") {
             None => 256,
@@ -214,7 +233,12 @@ fn parse_rate(var: &'static str, v: &str) -> Result<Option<RateLimit>, ConfigErr
     if v == "0" {
         return Ok(None);
     }
-    let err = || bad(var, format!("{v:?} is not a rate like 50/s, 600/min or 50/s burst 100"));
+    let err = || {
+        bad(
+            var,
+            format!("{v:?} is not a rate like 50/s, 600/min or 50/s burst 100"),
+        )
+    };
     let mut parts = v.split_whitespace();
     let rate = parts.next().ok_or_else(err)?;
     let (n, unit) = rate.split_once('/').ok_or_else(err)?;
@@ -229,7 +253,11 @@ fn parse_rate(var: &'static str, v: &str) -> Result<Option<RateLimit>, ConfigErr
     }
     let burst = match (parts.next(), parts.next()) {
         (None, _) => (per_second * 2.0).max(1.0),
-        (Some("burst"), Some(b)) => b.parse::<f64>().ok().filter(|b| *b >= 1.0).ok_or_else(err)?,
+        (Some("burst"), Some(b)) => b
+            .parse::<f64>()
+            .ok()
+            .filter(|b| *b >= 1.0)
+            .ok_or_else(err)?,
         _ => return Err(err()),
     };
     Ok(Some(RateLimit { per_second, burst }))
@@ -241,8 +269,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -256,7 +286,10 @@ mod tests {
         assert_eq!(c.webhook_retry_schedule[1], Duration::from_secs(300));
         assert_eq!(
             c.rate_limit_per_user,
-            Some(RateLimit { per_second: 50.0, burst: 100.0 })
+            Some(RateLimit {
+                per_second: 50.0,
+                burst: 100.0
+            })
         );
     }
 
@@ -282,11 +315,17 @@ mod tests {
         assert_eq!(parse_rate("X", "0").unwrap(), None);
         assert_eq!(
             parse_rate("X", "600/min").unwrap(),
-            Some(RateLimit { per_second: 10.0, burst: 20.0 })
+            Some(RateLimit {
+                per_second: 10.0,
+                burst: 20.0
+            })
         );
         assert_eq!(
             parse_rate("X", "5/s burst 7").unwrap(),
-            Some(RateLimit { per_second: 5.0, burst: 7.0 })
+            Some(RateLimit {
+                per_second: 5.0,
+                burst: 7.0
+            })
         );
     }
 }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Milliseconds since the Unix epoch; serialized as RFC 3339 UTC with milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,14 +42,29 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct User {
+    /// Chosen by the app: 1-128 characters of `[A-Za-z0-9_.@:-]`.
+    #[schema(
+        example = "u_42",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9_.@:-]{1,128}$"
+    )]
     pub id: String,
+    #[schema(example = "Salt Academy")]
     pub name: String,
+    #[schema(required = true)]
     pub image_url: Option<String>,
+    /// A free label (`user`, `company`, `page`, `customer`, ...); default `user`.
+    #[schema(example = "user")]
     pub kind: String,
+    /// Free JSON object of the app's own fields.
+    #[schema(value_type = Object)]
     pub custom: Value,
+    /// Presence: has at least one live realtime connection.
     pub online: bool,
+    #[schema(required = true)]
     pub last_seen_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -65,59 +81,97 @@ pub struct UserInput {
     pub custom: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Member {
     pub user_id: String,
+    /// `owner` for the creator, `member` for everyone else.
+    #[schema(value_type = crate::http::openapi::MemberRole)]
     pub role: String,
     pub last_read_seq: i64,
     pub joined_at: Timestamp,
     pub user: User,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A conversation as the caller sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Conversation {
     pub id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::http::openapi::ConversationType)]
     pub kind: String,
+    /// For `direct`, the other member's name unless set explicitly.
+    #[schema(required = true)]
     pub name: Option<String>,
+    /// For `direct`, the other member's image unless set explicitly.
+    #[schema(required = true)]
     pub image_url: Option<String>,
+    /// Null when created with a server token and no `?as`.
+    #[schema(required = true)]
     pub created_by: Option<String>,
+    #[schema(required = true)]
     pub external_id: Option<String>,
+    #[schema(value_type = Object)]
     pub custom: Value,
+    /// The conversation's tags, the same for every member.
     pub tags: Vec<String>,
+    /// Exact number of members.
     pub member_count: i64,
+    /// At most 20 members, the caller first.
     pub members: Vec<Member>,
+    /// `seq` of the newest message (0 when none).
     pub last_seq: i64,
+    #[schema(required = true)]
     pub last_message: Option<Message>,
+    /// Messages with `seq > last_read_seq`, not sent by the caller, not deleted.
     pub unread_count: i64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    #[schema(required = true)]
     pub last_message_at: Option<Timestamp>,
+    /// Only with `?messages=N` on `GET /v1/conversations/{id}`: the newest N, oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<Message>)]
     pub messages: Option<Vec<Message>>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A message; a deleted one is a tombstone (`deleted_at` set, `text` and `encrypted` null,
+/// `attachments` empty).
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Message {
     pub id: String,
     pub conversation_id: String,
+    /// Per conversation, from 1, strictly increasing, without gaps.
     pub seq: i64,
+    /// Null for `system` messages.
+    #[schema(required = true)]
     pub sender_id: Option<String>,
+    #[schema(required = true)]
     pub client_id: Option<String>,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::http::openapi::MessageType)]
     pub kind: String,
+    #[schema(required = true)]
     pub text: Option<String>,
+    /// Opaque to the server, returned byte-for-byte.
+    #[schema(required = true, value_type = Option<crate::http::openapi::Encrypted>)]
     pub encrypted: Option<Value>,
+    /// Stored and returned as sent.
+    #[schema(value_type = Vec<crate::http::openapi::Attachment>)]
     pub attachments: Value,
+    #[schema(required = true)]
     pub parent_id: Option<String>,
+    #[schema(value_type = Object)]
     pub custom: Value,
     pub created_at: Timestamp,
+    #[schema(required = true)]
     pub edited_at: Option<Timestamp>,
+    #[schema(required = true)]
     pub deleted_at: Option<Timestamp>,
 }
 
 /// The kinds of change recorded in the change log, named as the realtime events are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = EventType)]
 pub enum ChangeKind {
     #[serde(rename = "message.new")]
     MessageNew,
@@ -227,9 +281,7 @@ pub fn check_string(field: &str, s: &str, max_chars: usize) -> Check {
 /// Rejects U+0000 anywhere inside a JSON value (keys included), naming the path.
 pub fn check_no_nul(field: &str, v: &Value) -> Check {
     match v {
-        Value::String(s) if s.contains('\0') => {
-            Err(Invalid::new(field, "must not contain U+0000"))
-        }
+        Value::String(s) if s.contains('\0') => Err(Invalid::new(field, "must not contain U+0000")),
         Value::Array(items) => items
             .iter()
             .enumerate()
@@ -273,18 +325,34 @@ pub fn check_tags(field: &str, tags: &[String]) -> Check {
 }
 
 /// The body of a send (REST or socket), validated.
-#[derive(Debug, Clone, Deserialize, Default)]
+///
+/// A message needs `text`, `encrypted` or at least one attachment.
+#[derive(Debug, Clone, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendInput {
+    /// Required. Makes the send idempotent per sender and conversation: a retry with the same
+    /// `client_id` answers 200 with the original message.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 64, example = "tmp-7f3a")]
     pub client_id: Option<String>,
+    /// At most 8,000 characters.
+    #[schema(required = false, max_length = 8000, example = "hello")]
     pub text: Option<String>,
+    /// End-to-end encrypted content, opaque to the server (`ciphertext` and `nonce` required).
+    #[schema(required = false, value_type = Option<crate::http::openapi::Encrypted>)]
     pub encrypted: Option<Value>,
+    /// At most 10; each needs `key`.
+    #[schema(required = false, value_type = Option<Vec<crate::http::openapi::Attachment>>, max_items = 10)]
     pub attachments: Option<Vec<Value>>,
+    #[schema(required = false, max_length = 64)]
     pub parent_id: Option<String>,
+    /// A JSON object, at most 8 KiB serialized.
+    #[schema(required = false, value_type = Option<Object>)]
     pub custom: Option<Value>,
     /// With a server token: the sender (same as `?as=`).
+    #[schema(required = false)]
     pub user_id: Option<String>,
-    /// Socket `message.send` carries the conversation in the body.
+    /// Socket `message.send` carries the conversation in the body (ignored over REST).
+    #[schema(required = false)]
     pub conversation_id: Option<String>,
 }
 
@@ -384,7 +452,10 @@ mod tests {
     #[test]
     fn send_needs_content_and_client_id() {
         let mut s = SendInput::default();
-        assert_eq!(s.validate().unwrap_err().field.as_deref(), Some("client_id"));
+        assert_eq!(
+            s.validate().unwrap_err().field.as_deref(),
+            Some("client_id")
+        );
         s.client_id = Some("c1".into());
         assert_eq!(s.validate().unwrap_err().field.as_deref(), Some("text"));
         s.text = Some("hi".into());

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Json, Params};
+use super::openapi::Error;
 use crate::domain::{
     Conversation, MAX_MEMBERS_PER_CALL, MAX_NAME_CHARS, check_custom, check_string, check_tags,
     check_user_id,
@@ -23,26 +24,49 @@ pub fn router() -> Router<AppState> {
         .route("/v1/conversations/{id}", get(get_one).patch(patch))
         .route("/v1/conversations/{id}/tags", put(set_tags))
         .route("/v1/conversations/{id}/members", post(add_members))
-        .route("/v1/conversations/{id}/members/{user_id}", delete(remove_member))
+        .route(
+            "/v1/conversations/{id}/members/{user_id}",
+            delete(remove_member),
+        )
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/conversations`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateConversation)]
 struct CreateBody {
+    /// `direct` (exactly two members) or `group`.
     #[serde(rename = "type")]
+    #[schema(value_type = super::openapi::ConversationType)]
     kind: String,
+    /// The other members (the caller is added), at most 1000; unknown ids are created as bare
+    /// users. With a server token and no `?as`: the whole member list.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     member_ids: Vec<String>,
+    #[schema(required = false, max_length = 256)]
     name: Option<String>,
+    #[schema(required = false, max_length = 2048)]
     image_url: Option<String>,
+    /// A JSON object, at most 8 KiB serialized.
+    #[schema(required = false, value_type = Option<Object>)]
     custom: Option<Value>,
+    /// At most 50 tags of 1-64 characters, no commas.
     #[serde(default)]
+    #[schema(max_items = 50)]
     tags: Vec<String>,
+    /// The app's own id: creating again with the same one answers the existing conversation.
+    #[schema(required = false, min_length = 1, max_length = 256)]
     external_id: Option<String>,
 }
 
 /// Loads one conversation as `viewer` sees it (the server's view when `None`).
-async fn view(state: &AppState, viewer: Option<&str>, id: &str, messages: u32) -> ApiResult<Conversation> {
+async fn view(
+    state: &AppState,
+    viewer: Option<&str>,
+    id: &str,
+    messages: u32,
+) -> ApiResult<Conversation> {
     state
         .store
         .conversations_for(viewer, &[id.to_owned()], messages)
@@ -59,6 +83,29 @@ fn check_opt_text(field: &str, v: &Option<String>, max: usize) -> ApiResult<()> 
 }
 
 /// `POST /v1/conversations`.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations",
+    tag = "conversations",
+    operation_id = "create_conversation",
+    summary = "Create a conversation",
+    description = "Writes no message. A `direct` conversation for an existing pair, or a repeated \
+        `external_id`, answers the existing one with 200 instead of 201.",
+    params(("as" = Option<String>, Query, description = "With a server token: act as this user"),),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created", body = Conversation),
+        (status = 200, description = "Already existed (same `direct` pair or `external_id`)", body = Conversation),
+        (status = 400, description = "`validation_failed`: `field` names the offender (`type`, `member_ids[2]`, ...)", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: the `as` user is deactivated", body = Error),
+        (status = 409, description = "`conflict`: the `external_id` belongs to a conversation the caller is not in", body = Error),
+        (status = 413, description = "`payload_too_large`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -98,7 +145,10 @@ async fn create(
         ));
     }
     if members.is_empty() {
-        return Err(ApiError::invalid("member_ids", "a conversation needs a member"));
+        return Err(ApiError::invalid(
+            "member_ids",
+            "a conversation needs a member",
+        ));
     }
     let new = NewConversation {
         kind: body.kind,
@@ -123,7 +173,11 @@ async fn create(
         }
         Err(e) => return Err(e),
     };
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(conversation)))
 }
 
@@ -133,28 +187,75 @@ fn encode_cursor((at, id): &(i64, String)) -> String {
 }
 
 fn decode_cursor(s: &str) -> Option<(i64, String)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (at, id) = raw.split_once(':')?;
     Some((at.parse().ok()?, id.to_owned()))
 }
 
 /// `GET /v1/conversations`.
-async fn list(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    operation_id = "list_conversations",
+    summary = "List the caller's conversations",
+    description = "Ordered by last activity (`last_message_at`, else `created_at`), newest first, \
+        ties by id. Keyset paging: follow `next_cursor` (null at the end). A server token needs `?as`.",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, default 30"),
+        ("cursor" = Option<String>, Query, description = "Opaque: `next_cursor` of the previous page"),
+        ("type" = Option<super::openapi::ConversationType>, Query, description = "Only this type"),
+        ("tags" = Option<String>, Query, description = "Comma-separated: has all of them", example = "vip,eu"),
+        ("exclude_tags" = Option<String>, Query, description = "Comma-separated: has none of them"),
+        ("q" = Option<String>, Query, max_length = 256, description = "Case-insensitive substring of the conversation's name or of another member's name"),
+        ("updated_after" = Option<String>, Query, format = DateTime, description = "Last activity at or after (RFC 3339)"),
+        ("updated_before" = Option<String>, Query, format = DateTime, description = "Last activity at or before (RFC 3339)"),
+        ("unread_only" = Option<bool>, Query, description = "Only conversations with unread messages"),
+        ("include_total" = Option<bool>, Query, description = "Add `total`: the exact number matching the filters"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = super::openapi::ConversationList),
+        (status = 400, description = "`validation_failed`: `field` names the parameter (`limit`, `cursor`, `type`, `tags[0]`, ...); `as` missing with a server token", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: the `as` user is deactivated", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Params,
+) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
     let cursor = match params.str("cursor") {
         None | Some("") => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from this API"))?),
+        Some(c) => Some(
+            decode_cursor(c)
+                .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from this API"))?,
+        ),
     };
     let kind = params.str("type").map(str::to_owned);
-    if kind.as_deref().is_some_and(|k| k != "direct" && k != "group") {
+    if kind
+        .as_deref()
+        .is_some_and(|k| k != "direct" && k != "group")
+    {
         return Err(ApiError::invalid("type", "type must be direct or group"));
     }
     let tags = params.list("tags");
     check_tags("tags", &tags)?;
     let exclude_tags = params.list("exclude_tags");
     check_tags("exclude_tags", &exclude_tags)?;
-    let q = params.str("q").map(str::trim).filter(|q| !q.is_empty()).map(str::to_owned);
+    let q = params
+        .str("q")
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_owned);
     if let Some(q) = &q {
         check_string("q", q, 256)?;
     }
@@ -182,6 +283,30 @@ async fn list(State(state): State<AppState>, caller: Caller, params: Params) -> 
 }
 
 /// `GET /v1/conversations/{id}?messages=N`.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    operation_id = "get_conversation",
+    summary = "Get one conversation (member)",
+    description = "With `?messages=N` the answer also holds `messages`, the newest N, oldest first: \
+        a chat screen opens with one request. A server token needs `?as`.",
+    params(
+        ("id" = String, Path, description = "Conversation id"),
+        ("messages" = Option<i64>, Query, minimum = 0, maximum = 200, description = "Also return the newest N messages, default 0"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    responses(
+        (status = 200, description = "The conversation as the caller sees it", body = Conversation),
+        (status = 400, description = "`validation_failed`: `messages` out of range; `as` missing with a server token", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: the `as` user is deactivated", body = Error),
+        (status = 404, description = "`not_found`: unknown, or the caller is not a member", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,6 +332,31 @@ fn nullable_text(body: &Value, field: &str, max: usize) -> ApiResult<Option<Opti
 }
 
 /// `PATCH /v1/conversations/{id}`: `name`, `image_url`, `custom`.
+#[utoipa::path(
+    patch,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    operation_id = "update_conversation",
+    summary = "Rename or update a conversation (member)",
+    description = "Absent fields are left; `null` clears `name` / `image_url`. A rename writes one \
+        `system` message. A server token needs `?as`.",
+    params(
+        ("id" = String, Path, description = "Conversation id"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    request_body = super::openapi::ConversationPatch,
+    responses(
+        (status = 200, description = "The conversation after the change", body = Conversation),
+        (status = 400, description = "`validation_failed`: `field` names the offender; unknown fields are refused", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`", body = Error),
+        (status = 404, description = "`not_found`: unknown, or the caller is not a member", body = Error),
+        (status = 413, description = "`payload_too_large`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -218,7 +368,10 @@ async fn patch(
         field: None,
         message: "body must be an object".into(),
     })?;
-    if let Some(k) = obj.keys().find(|k| !["name", "image_url", "custom"].contains(&k.as_str())) {
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["name", "image_url", "custom"].contains(&k.as_str()))
+    {
         return Err(ApiError::invalid(k.as_str(), "unknown field"));
     }
     let custom = match obj.get("custom") {
@@ -233,18 +386,50 @@ async fn patch(
         image_url: nullable_text(&body, "image_url", 2048)?,
         custom,
     };
-    let committed = state.store.update_conversation(&caller.actor(), &id, &patch).await?;
+    let committed = state
+        .store
+        .update_conversation(&caller.actor(), &id, &patch)
+        .await?;
     state.committed(committed.changes);
     Ok(Json(view(&state, Some(&user), &id, 0).await?))
 }
 
-#[derive(Deserialize)]
+/// The body of `PUT /v1/conversations/{id}/tags`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SetTags)]
 struct TagsBody {
+    /// The new tags, replacing all: at most 50 of 1-64 characters, no commas.
+    #[schema(max_items = 50, example = json!(["vip"]))]
     tags: Vec<String>,
 }
 
 /// `PUT /v1/conversations/{id}/tags`: member or server.
+#[utoipa::path(
+    put,
+    path = "/v1/conversations/{id}/tags",
+    tag = "conversations",
+    operation_id = "set_conversation_tags",
+    summary = "Replace a conversation's tags (member or server)",
+    description = "Writes no message. A server token without `?as` acts as the server and gets the \
+        server's view.",
+    params(
+        ("id" = String, Path, description = "Conversation id"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    request_body = TagsBody,
+    responses(
+        (status = 200, description = "The conversation after the change", body = Conversation),
+        (status = 400, description = "`validation_failed`: `field` names the offending tag (`tags[1]`)", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`", body = Error),
+        (status = 404, description = "`not_found`: unknown, or the caller is not a member", body = Error),
+        (status = 413, description = "`payload_too_large`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn set_tags(
     State(state): State<AppState>,
     caller: Caller,
@@ -252,18 +437,50 @@ async fn set_tags(
     Json(body): Json<TagsBody>,
 ) -> ApiResult<Json<Conversation>> {
     check_tags("tags", &body.tags)?;
-    let committed = state.store.set_tags(&caller.actor(), &id, &body.tags).await?;
+    let committed = state
+        .store
+        .set_tags(&caller.actor(), &id, &body.tags)
+        .await?;
     state.committed(committed.changes);
     Ok(Json(view(&state, caller.acting.as_deref(), &id, 0).await?))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/conversations/{id}/members`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AddMembers)]
 struct MembersBody {
+    /// 1-1000 user ids; unknown ones are created as bare users.
+    #[schema(min_items = 1, max_items = 1000, example = json!(["u_7"]))]
     user_ids: Vec<String>,
 }
 
 /// `POST /v1/conversations/{id}/members`: a member adds users to a group.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/members",
+    tag = "conversations",
+    operation_id = "add_members",
+    summary = "Add members to a group (member)",
+    description = "Writes one `system` message when someone is added. New members start with \
+        `last_read_seq` at the conversation's `last_seq`.",
+    params(
+        ("id" = String, Path, description = "Conversation id"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    request_body = MembersBody,
+    responses(
+        (status = 200, description = "The conversation after the change", body = Conversation),
+        (status = 400, description = "`validation_failed`: bad `user_ids`, or the conversation is `direct`", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`", body = Error),
+        (status = 404, description = "`not_found`: unknown, or the caller is not a member", body = Error),
+        (status = 413, description = "`payload_too_large`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn add_members(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,7 +488,10 @@ async fn add_members(
     Json(body): Json<MembersBody>,
 ) -> ApiResult<Json<Conversation>> {
     if body.user_ids.is_empty() || body.user_ids.len() > MAX_MEMBERS_PER_CALL {
-        return Err(ApiError::invalid("user_ids", "must hold 1 to 1000 user ids"));
+        return Err(ApiError::invalid(
+            "user_ids",
+            "must hold 1 to 1000 user ids",
+        ));
     }
     for (i, u) in body.user_ids.iter().enumerate() {
         check_user_id(&format!("user_ids[{i}]"), u)?;
@@ -285,12 +505,38 @@ async fn add_members(
 }
 
 /// `DELETE /v1/conversations/{id}/members/{user_id}`: leave, or remove (owner or server).
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{id}/members/{user_id}",
+    tag = "conversations",
+    operation_id = "remove_member",
+    summary = "Leave, or remove a member (self, owner or server)",
+    description = "Writes one `system` message when someone is removed.",
+    params(
+        ("id" = String, Path, description = "Conversation id"),
+        ("user_id" = String, Path, description = "The member to remove (the caller to leave)"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "`validation_failed`: malformed query string or `as`", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: neither the member themself nor the owner", body = Error),
+        (status = 404, description = "`not_found`: unknown conversation or member, or the caller is not a member", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn remove_member(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let committed = state.store.remove_member(&caller.actor(), &id, &user_id).await?;
+    let committed = state
+        .store
+        .remove_member(&caller.actor(), &id, &user_id)
+        .await?;
     state.committed(committed.changes);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -44,10 +44,11 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 /// Parses JSON, naming the offending path on a shape error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     // Syntax first, so malformed JSON is told apart from a wrong shape.
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ApiError::Validation {
-        field: None,
-        message: format!("malformed JSON: {e}"),
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::Validation {
+            field: None,
+            message: format!("malformed JSON: {e}"),
+        })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -94,7 +95,12 @@ impl Params {
     }
 
     /// An integer in `range`, `default` when absent; anything else is 400 naming it.
-    pub fn int(&self, name: &str, range: std::ops::RangeInclusive<i64>, default: i64) -> ApiResult<i64> {
+    pub fn int(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> ApiResult<i64> {
         match self.str(name) {
             None => Ok(default),
             Some(v) => v
@@ -104,13 +110,21 @@ impl Params {
                 .ok_or_else(|| {
                     ApiError::invalid(
                         name,
-                        format!("must be an integer from {} to {}", range.start(), range.end()),
+                        format!(
+                            "must be an integer from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
                     )
                 }),
         }
     }
 
-    pub fn opt_int(&self, name: &str, range: std::ops::RangeInclusive<i64>) -> ApiResult<Option<i64>> {
+    pub fn opt_int(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> ApiResult<Option<i64>> {
         match self.str(name) {
             None => Ok(None),
             Some(_) => self.int(name, range, 0).map(Some),
@@ -180,7 +194,9 @@ impl Caller {
         if self.is_server() {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("this endpoint needs a server token".into()))
+            Err(ApiError::Forbidden(
+                "this endpoint needs a server token".into(),
+            ))
         }
     }
 }
@@ -188,14 +204,20 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthorized)?;
-        let principal = state.keys.verify(token.trim()).ok_or(ApiError::Unauthorized)?;
+        let principal = state
+            .keys
+            .verify(token.trim())
+            .ok_or(ApiError::Unauthorized)?;
         let acting = match &principal {
             Principal::User(sub) => {
                 if check_user_id("sub", sub).is_err() {

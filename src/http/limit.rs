@@ -61,7 +61,10 @@ mod tests {
         for _ in 0..3 {
             l.check("a").unwrap();
         }
-        assert!(matches!(l.check("a"), Err(ApiError::RateLimited { retry_after: 1 })));
+        assert!(matches!(
+            l.check("a"),
+            Err(ApiError::RateLimited { retry_after: 1 })
+        ));
         l.check("b").unwrap();
     }
 }

@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod limit;
 mod messages;
+pub mod openapi;
 mod ops;
 mod sync;
 mod users;
@@ -67,8 +68,12 @@ impl AppState {
             writes,
             bus,
             keys: Arc::new(keys),
-            user_limiter: config.rate_limit_per_user.map(|l| Arc::new(RateLimiter::new(l))),
-            ip_limiter: config.rate_limit_per_ip.map(|l| Arc::new(RateLimiter::new(l))),
+            user_limiter: config
+                .rate_limit_per_user
+                .map(|l| Arc::new(RateLimiter::new(l))),
+            ip_limiter: config
+                .rate_limit_per_ip
+                .map(|l| Arc::new(RateLimiter::new(l))),
             config: Arc::new(config),
             metrics: crate::telemetry::metrics_handle(),
             database_id: database_id.into(),
@@ -126,12 +131,11 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     if !streamed && declared.is_some_and(|n| n > BODY_LIMIT) {
         return ApiError::PayloadTooLarge.into_response();
     }
-    if let Some(limit) = &state.ip_limiter {
-        if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-            if let Err(e) = limit.check(&addr.ip().to_string()) {
-                return e.into_response();
-            }
-        }
+    if let Some(limit) = &state.ip_limiter
+        && let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
+        && let Err(e) = limit.check(&addr.ip().to_string())
+    {
+        return e.into_response();
     }
     next.run(req).await
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Json, Params};
+use super::openapi::Error;
 use crate::domain::Change;
 
 pub fn router() -> Router<AppState> {
@@ -25,7 +26,9 @@ pub fn encode_token(database_id: &str, pos: i64) -> String {
 
 /// `(database_id, position)` of a well-formed token.
 pub fn decode_token(token: &str) -> Option<(String, i64)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (db, pos) = raw.rsplit_once(':')?;
     let pos: i64 = pos.parse().ok()?;
@@ -43,14 +46,47 @@ pub fn event(database_id: &str, c: &Change) -> Value {
 }
 
 /// `GET /v1/sync?since=<token>&limit=500`.
-async fn sync(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    get,
+    path = "/v1/sync",
+    tag = "sync",
+    operation_id = "sync",
+    summary = "Gap-free catch-up",
+    description = "Without `since`: only `next_token`, the position now. With `since`: every change \
+        visible to the caller after that token, in order (`events`), the token to continue from \
+        and `has_more`. Following `next_token` never misses a change nor returns one twice. \
+        An event's `token` resumes right after that event. A server token needs `?as`.",
+    params(
+        ("since" = Option<String>, Query, description = "A `next_token` or an event's `token`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many events, default 500"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    responses(
+        (status = 200, description = "The changes since the token", body = super::openapi::SyncPage),
+        (status = 400, description = "`validation_failed`: malformed `since`, `limit` out of range; `as` missing with a server token", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: the `as` user is deactivated", body = Error),
+        (status = 410, description = "`resync_required`: the token can no longer be served (another database, or past retention); reload from the listing endpoints", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
+async fn sync(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Params,
+) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
     let limit = params.int("limit", 1..=1000, 500)? as u32;
     let Some(since) = params.str("since") else {
         let now = state.store.last_position().await?;
-        return Ok(Json(json!({ "next_token": encode_token(&state.database_id, now) })));
+        return Ok(Json(
+            json!({ "next_token": encode_token(&state.database_id, now) }),
+        ));
     };
-    let (db, after) = decode_token(since).ok_or_else(|| ApiError::invalid("since", "is not a sync token"))?;
+    let (db, after) =
+        decode_token(since).ok_or_else(|| ApiError::invalid("since", "is not a sync token"))?;
     if db != *state.database_id {
         return Err(ApiError::ResyncRequired);
     }
@@ -60,7 +96,10 @@ async fn sync(State(state): State<AppState>, caller: Caller, params: Params) -> 
     if after > upto {
         return Err(ApiError::ResyncRequired);
     }
-    let changes = state.store.changes_for(user, after, upto, limit + 1).await?;
+    let changes = state
+        .store
+        .changes_for(user, after, upto, limit + 1)
+        .await?;
     let has_more = changes.len() > limit as usize;
     let page = &changes[..changes.len().min(limit as usize)];
     let next = match (page.last(), has_more) {

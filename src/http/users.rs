@@ -9,6 +9,8 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Json, Params};
+use super::openapi::Error;
+use crate::domain::User;
 use crate::domain::{MAX_NAME_CHARS, UserInput, check_custom, check_string, check_user_id};
 
 pub fn router() -> Router<AppState> {
@@ -41,12 +43,16 @@ fn user_input(i: usize, v: &Value) -> ApiResult<UserInput> {
     };
     let name = match text("name", MAX_NAME_CHARS)? {
         Some(None) => return Err(ApiError::invalid(at("name"), "must not be null")),
-        Some(Some(n)) if n.is_empty() => return Err(ApiError::invalid(at("name"), "must not be empty")),
+        Some(Some(n)) if n.is_empty() => {
+            return Err(ApiError::invalid(at("name"), "must not be empty"));
+        }
         n => n.flatten(),
     };
     let kind = match text("kind", 64)? {
         Some(None) => None,
-        Some(Some(k)) if k.is_empty() => return Err(ApiError::invalid(at("kind"), "must not be empty")),
+        Some(Some(k)) if k.is_empty() => {
+            return Err(ApiError::invalid(at("kind"), "must not be empty"));
+        }
         k => k.flatten(),
     };
     let custom = match obj.get("custom") {
@@ -66,6 +72,26 @@ fn user_input(i: usize, v: &Value) -> ApiResult<UserInput> {
 }
 
 /// `PUT /v1/users`: upsert 1-1000 users.
+#[utoipa::path(
+    put,
+    path = "/v1/users",
+    tag = "users",
+    operation_id = "upsert_users",
+    summary = "Upsert users (server token)",
+    description = "Creates or updates 1-1000 users. Absent fields keep their stored value; \
+        `image_url: null` clears the image. Answers every user as stored.",
+    request_body = super::openapi::UserUpsert,
+    responses(
+        (status = 200, description = "The users as stored, in the order sent", body = super::openapi::UserList),
+        (status = 400, description = "`validation_failed`: `field` names the offender (`users`, `users[3].id`, ...)", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: not a server token", body = Error),
+        (status = 413, description = "`payload_too_large`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn upsert(
     State(state): State<AppState>,
     caller: Caller,
@@ -93,6 +119,27 @@ async fn upsert(
 }
 
 /// `GET /v1/users/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    tag = "users",
+    operation_id = "get_user",
+    summary = "Get one user, with presence",
+    params(
+        ("id" = String, Path, description = "User id"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, description = "`validation_failed`: bad `as`", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: the `as` user is deactivated", body = Error),
+        (status = 404, description = "`not_found`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn get_one(
     State(state): State<AppState>,
     _caller: Caller,
@@ -107,6 +154,28 @@ async fn get_one(
 }
 
 /// `GET /v1/users?ids=a,b`: in the order asked, unknown ids left out.
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "users",
+    operation_id = "get_users",
+    summary = "Get several users",
+    description = "The users in the order asked; unknown ids are left out. `ids` is required \
+        (an extension: the contract does not list all users).",
+    params(
+        ("ids" = String, Query, description = "Comma-separated user ids, at most 1000", example = "u_1,u_2"),
+        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+    ),
+    responses(
+        (status = 200, description = "The users found", body = super::openapi::UserList),
+        (status = 400, description = "`validation_failed`: `ids` missing, over 1000 or not a user id; bad `as`", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: the `as` user is deactivated", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn get_many(
     State(state): State<AppState>,
     _caller: Caller,
@@ -127,6 +196,25 @@ async fn get_many(
 }
 
 /// `DELETE /v1/users/{id}`: deactivate.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}",
+    tag = "users",
+    operation_id = "deactivate_user",
+    summary = "Deactivate a user (server token)",
+    description = "The user's tokens stop working; their messages stay.",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deactivated"),
+        (status = 400, description = "`validation_failed`: malformed query string or `as`", body = Error),
+        (status = 401, description = "`unauthorized`", body = Error),
+        (status = 403, description = "`forbidden`: not a server token", body = Error),
+        (status = 404, description = "`not_found`", body = Error),
+        (status = 429, description = "`rate_limited`", body = Error, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`unavailable`", body = Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
 async fn deactivate(
     State(state): State<AppState>,
     caller: Caller,

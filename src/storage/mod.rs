@@ -134,7 +134,7 @@ pub enum WriteOp {
     Send {
         conversation_id: String,
         sender_id: String,
-        input: SendInput,
+        input: Box<SendInput>,
     },
     Read {
         conversation_id: String,
@@ -147,8 +147,13 @@ pub enum WriteOp {
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
     /// `created` is false for an idempotent replay (same `client_id`).
-    Sent { message: Message, created: bool },
-    Read { last_read_seq: i64 },
+    Sent {
+        message: Box<Message>,
+        created: bool,
+    },
+    Read {
+        last_read_seq: i64,
+    },
 }
 
 /// The result of one committed transaction: per-op outcomes and the changes it recorded, in
@@ -233,8 +238,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Committed<()>>;
 
     /// Replaces the tags of a conversation.
-    async fn set_tags(&self, actor: &Actor, id: &str, tags: &[String])
-    -> StoreResult<Committed<()>>;
+    async fn set_tags(
+        &self,
+        actor: &Actor,
+        id: &str,
+        tags: &[String],
+    ) -> StoreResult<Committed<()>>;
 
     /// Adds members to a group (bare users for unknown ids); one system message if any joined.
     async fn add_members(
@@ -276,8 +285,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Committed<Message>>;
 
     /// Turns a message into a tombstone (sender or server).
-    async fn delete_message(&self, actor: &Actor, message_id: &str)
-    -> StoreResult<Committed<Message>>;
+    async fn delete_message(
+        &self,
+        actor: &Actor,
+        message_id: &str,
+    ) -> StoreResult<Committed<Message>>;
 
     /// Exact unread counts of `user`'s conversations, non-zero only.
     async fn unread(&self, user: &str) -> StoreResult<Vec<(String, i64)>>;
@@ -309,10 +321,15 @@ pub async fn open_url(
     db_timeout: std::time::Duration,
     pool_size: u32,
 ) -> anyhow::Result<DynStore> {
-    if let Some(path) = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))
+    {
         Ok(Arc::new(sqlite::SqliteStore::open(path, db_timeout).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(url, db_timeout, pool_size).await?))
+        Ok(Arc::new(
+            postgres::PgStore::open(url, db_timeout, pool_size).await?,
+        ))
     } else {
         anyhow::bail!("CONFAB_DATABASE_URL must start with sqlite:// or postgres://")
     }

@@ -534,7 +534,7 @@ macro_rules! sql_store {
                 {
                     let message = message_from(&row).map_err(db_error)?;
                     return Ok(WriteOutcome::Sent {
-                        message,
+                        message: Box::new(message),
                         created: false,
                     });
                 }
@@ -560,7 +560,7 @@ macro_rules! sql_store {
                     .await?;
                 pending.push(change);
                 Ok(WriteOutcome::Sent {
-                    message,
+                    message: Box::new(message),
                     created: true,
                 })
             }
@@ -1426,13 +1426,17 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+                // The joined user learns of the conversation from this event (sync, realtime):
+                // it carries the conversation as it is now.
+                let tags = self.tags_of(&mut tx, id).await?;
+                let snapshot = conv.snapshot(&tags);
                 let mut pending: Vec<PendingChange> = added
                     .iter()
                     .map(|u| PendingChange {
                         conversation_id: id.to_owned(),
                         kind: ChangeKind::MemberJoined,
                         user_id: Some(u.clone()),
-                        data: json!({"conversation_id": id, "user_id": u}),
+                        data: json!({"conversation_id": id, "user_id": u, "conversation": snapshot}),
                     })
                     .collect();
                 let system = NewMessage::system(json!({

@@ -16,31 +16,63 @@ fn confab(url: &str) -> Command {
 async fn token_command_uses_the_secret_kept_in_the_database() {
     let url = fresh_database(Db::Sqlite).await;
     let out = confab(&url).arg("migrate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = confab(&url).args(["token", "ann", "--ttl", "1h"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = confab(&url)
+        .args(["token", "ann", "--ttl", "1h"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let server = String::from_utf8(confab(&url).args(["token", "--server"]).output().unwrap().stdout).unwrap();
+    let server = String::from_utf8(
+        confab(&url)
+            .args(["token", "--server"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
 
     // A server on the same database, with no secret configured, accepts both.
     let mut config = test_config(&url);
     config.jwt_secret = None;
     let app = spawn_app_with(Db::Sqlite, config).await;
     app.get("/v1/conversations", &token).await.expect(200);
-    app.get("/v1/conversations?as=ann", server.trim()).await.expect(200);
-    app.get("/v1/conversations", &app.user("ann")).await.error(401, "unauthorized");
+    app.get("/v1/conversations?as=ann", server.trim())
+        .await
+        .expect(200);
+    app.get("/v1/conversations", &app.user("ann"))
+        .await
+        .error(401, "unauthorized");
 }
 
 #[test]
 fn bad_configuration_is_refused_naming_the_variable() {
-    let out = confab("sqlite:///tmp/never.db").env("CONFAB_DB_TIMEOUT", "soon").arg("migrate").output().unwrap();
+    let out = confab("sqlite:///tmp/never.db")
+        .env("CONFAB_DB_TIMEOUT", "soon")
+        .arg("migrate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CONFAB_DB_TIMEOUT"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    let out = confab("sqlite:///tmp/never.db").args(["token", "bad id"]).output().unwrap();
+    let out = confab("sqlite:///tmp/never.db")
+        .args(["token", "bad id"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    let out = confab("sqlite:///tmp/never.db").arg("--help").output().unwrap();
+    let out = confab("sqlite:///tmp/never.db")
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in ["serve", "migrate", "token"] {
         assert!(help.contains(cmd), "{help}");

@@ -8,7 +8,11 @@ use serde_json::json;
 use crate::both;
 use crate::helpers::{Db, spawn_app};
 
-both!(same_client_id_races, concurrent_senders_gap_free, direct_pair_races);
+both!(
+    same_client_id_races,
+    concurrent_senders_gap_free,
+    direct_pair_races
+);
 
 async fn same_client_id_races(db: Db) {
     let app = spawn_app(db).await;
@@ -16,13 +20,28 @@ async fn same_client_id_races(db: Db) {
     let path = format!("/v1/conversations/{g}/messages");
     let token = app.user("ann");
     let results = join_all((0..20).map(|_| {
-        app.post(&path, &token, json!({"client_id": "retry-me", "text": "once"}))
+        app.post(
+            &path,
+            &token,
+            json!({"client_id": "retry-me", "text": "once"}),
+        )
     }))
     .await;
     let statuses: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19, "{statuses:?}");
-    let ids: HashSet<&str> = results.iter().map(|r| r.body["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        19,
+        "{statuses:?}"
+    );
+    let ids: HashSet<&str> = results
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 1, "every answer is the one message");
     let page = app.get(&path, &token).await.expect(200);
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
@@ -49,8 +68,15 @@ async fn concurrent_senders_gap_free(db: Db) {
     let mut all: Vec<i64> = join_all(tasks).await.into_iter().flatten().collect();
     all.sort_unstable();
     let n = (senders.len() * per_sender) as i64;
-    assert_eq!(all, (1..=n).collect::<Vec<_>>(), "seqs 1..N, no gap, no repeat");
-    let c = app.get(&format!("/v1/conversations/{g}"), &app.user("ann")).await.expect(200);
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "seqs 1..N, no gap, no repeat"
+    );
+    let c = app
+        .get(&format!("/v1/conversations/{g}"), &app.user("ann"))
+        .await
+        .expect(200);
     assert_eq!(c["last_seq"], n);
     assert_eq!(c["unread_count"], n);
 }
@@ -60,7 +86,11 @@ async fn direct_pair_races(db: Db) {
     let (a, b) = (app.user("ann"), app.user("bob"));
     let results = join_all((0..16).map(|i| {
         let (token, other) = if i % 2 == 0 { (&a, "bob") } else { (&b, "ann") };
-        app.post("/v1/conversations", token, json!({"type": "direct", "member_ids": [other]}))
+        app.post(
+            "/v1/conversations",
+            token,
+            json!({"type": "direct", "member_ids": [other]}),
+        )
     }))
     .await;
     let ids: HashSet<&str> = results
@@ -71,7 +101,10 @@ async fn direct_pair_races(db: Db) {
         })
         .collect();
     assert_eq!(ids.len(), 1, "one direct conversation per pair");
-    assert_eq!(results.iter().filter(|r| r.status.as_u16() == 201).count(), 1);
+    assert_eq!(
+        results.iter().filter(|r| r.status.as_u16() == 201).count(),
+        1
+    );
     let list = app.get("/v1/conversations", &a).await.expect(200);
     assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
 }

@@ -5,9 +5,15 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::both;
-use crate::helpers::{Db, SECRET, spawn_app, spawn_app_with, test_config, fresh_database};
+use crate::helpers::{Db, SECRET, fresh_database, spawn_app, spawn_app_with, test_config};
 
-both!(jwt_refusals, errors_everywhere, compression, ops_endpoints, server_and_as);
+both!(
+    jwt_refusals,
+    errors_everywhere,
+    compression,
+    ops_endpoints,
+    server_and_as
+);
 
 fn b64(v: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -40,16 +46,33 @@ async fn jwt_refusals(db: Db) {
         ("missing", None),
         ("malformed", Some("not-a-jwt".into())),
         ("garbage parts", Some("a.b.c".into())),
-        ("expired", Some(signed(json!({"sub": "ann", "exp": now - 10}), SECRET))),
+        (
+            "expired",
+            Some(signed(json!({"sub": "ann", "exp": now - 10}), SECRET)),
+        ),
         ("no exp", Some(signed(json!({"sub": "ann"}), SECRET))),
-        ("wrong secret", Some(signed(json!({"sub": "ann", "exp": now + 3600}), "another-secret-123456"))),
+        (
+            "wrong secret",
+            Some(signed(
+                json!({"sub": "ann", "exp": now + 3600}),
+                "another-secret-123456",
+            )),
+        ),
         ("alg none", Some(none_alg)),
         ("alg HS512", Some(hs512)),
         ("no sub", Some(signed(json!({"exp": now + 3600}), SECRET))),
-        ("invalid sub", Some(signed(json!({"sub": "has space", "exp": now + 3600}), SECRET))),
+        (
+            "invalid sub",
+            Some(signed(
+                json!({"sub": "has space", "exp": now + 3600}),
+                SECRET,
+            )),
+        ),
     ];
     for (what, token) in bad {
-        let res = app.raw(Method::GET, "/v1/conversations", token.as_deref(), None).await;
+        let res = app
+            .raw(Method::GET, "/v1/conversations", token.as_deref(), None)
+            .await;
         assert_eq!(res.status.as_u16(), 401, "{what}: {}", res.body);
         assert_eq!(res.body["error"]["code"], "unauthorized", "{what}");
     }
@@ -69,10 +92,16 @@ async fn jwt_refusals(db: Db) {
 async fn errors_everywhere(db: Db) {
     let app = spawn_app(db).await;
     let a = app.user("ann");
-    app.get("/v1/nothing-here", &a).await.error(404, "not_found");
+    app.get("/v1/nothing-here", &a)
+        .await
+        .error(404, "not_found");
     app.get("/nothing", &a).await.error(404, "not_found");
-    app.raw(Method::DELETE, "/v1/conversations", Some(&a), None).await.error(405, "method_not_allowed");
-    app.raw(Method::PUT, "/v1/unread", Some(&a), None).await.error(405, "method_not_allowed");
+    app.raw(Method::DELETE, "/v1/conversations", Some(&a), None)
+        .await
+        .error(405, "method_not_allowed");
+    app.raw(Method::PUT, "/v1/unread", Some(&a), None)
+        .await
+        .error(405, "method_not_allowed");
     // Malformed JSON: 400 without a field.
     let res = app
         .client
@@ -101,11 +130,16 @@ async fn errors_everywhere(db: Db) {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
     // A user token on a server-only endpoint.
-    app.put("/v1/users", &a, json!({"users": [{"id": "x"}]})).await.error(403, "forbidden");
+    app.put("/v1/users", &a, json!({"users": [{"id": "x"}]}))
+        .await
+        .error(403, "forbidden");
     // Rate limits answer 429 with Retry-After.
     let url = fresh_database(app.db).await;
     let mut config = test_config(&url);
-    config.rate_limit_per_user = Some(confab::config::RateLimit { per_second: 1.0, burst: 3.0 });
+    config.rate_limit_per_user = Some(confab::config::RateLimit {
+        per_second: 1.0,
+        burst: 3.0,
+    });
     let limited = spawn_app_with(app.db, config).await;
     let t = limited.user("ann");
     for _ in 0..3 {
@@ -118,19 +152,50 @@ async fn errors_everywhere(db: Db) {
 
 async fn compression(db: Db) {
     let app = spawn_app(db).await;
-    let users: Vec<(String, String)> = (0..40).map(|i| (format!("user_{i}"), format!("A long display name number {i}"))).collect();
-    let refs: Vec<(&str, &str)> = users.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let users: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            (
+                format!("user_{i}"),
+                format!("A long display name number {i}"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     app.users(&refs).await;
     let ids: Vec<&str> = users.iter().map(|(a, _)| a.as_str()).collect();
     let path = format!("{}/v1/users?ids={}", app.base, ids.join(","));
     let token = app.user("user_0");
-    let plain = app.client.get(&path).bearer_auth(&token).send().await.unwrap().bytes().await.unwrap();
+    let plain = app
+        .client
+        .get(&path)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert!(plain.len() > 1024);
     for enc in ["gzip", "br", "zstd"] {
-        let res = app.client.get(&path).bearer_auth(&token).header("accept-encoding", enc).send().await.unwrap();
+        let res = app
+            .client
+            .get(&path)
+            .bearer_auth(&token)
+            .header("accept-encoding", enc)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.headers()["content-encoding"], enc);
         let body = res.bytes().await.unwrap();
-        assert!(body.len() < plain.len() / 2, "{enc}: {} vs {}", body.len(), plain.len());
+        assert!(
+            body.len() < plain.len() / 2,
+            "{enc}: {} vs {}",
+            body.len(),
+            plain.len()
+        );
     }
     let res = app
         .client
@@ -143,17 +208,68 @@ async fn compression(db: Db) {
         .unwrap();
     assert!(res.headers().get("content-encoding").is_none());
     // Small bodies stay plain.
-    let res = app.client.get(format!("{}/v1/users/user_1", app.base)).bearer_auth(&token).header("accept-encoding", "gzip").send().await.unwrap();
+    let res = app
+        .client
+        .get(format!("{}/v1/users/user_1", app.base))
+        .bearer_auth(&token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
     assert!(res.headers().get("content-encoding").is_none());
 }
 
 async fn ops_endpoints(db: Db) {
     let app = spawn_app(db).await;
-    assert_eq!(app.raw(Method::GET, "/healthz", None, None).await.expect(200)["status"], "ok");
-    assert_eq!(app.raw(Method::GET, "/readyz", None, None).await.expect(200)["status"], "ready");
+    assert_eq!(
+        app.raw(Method::GET, "/healthz", None, None)
+            .await
+            .expect(200)["status"],
+        "ok"
+    );
+    assert_eq!(
+        app.raw(Method::GET, "/readyz", None, None)
+            .await
+            .expect(200)["status"],
+        "ready"
+    );
     let g = app.conversation("ann", "group", &[]).await;
     app.send("ann", &g, "c1", "x").await;
-    let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let spec = app
+        .raw(Method::GET, "/openapi.json", None, None)
+        .await
+        .expect(200);
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/conversations",
+        "/v1/conversations/{id}/messages",
+        "/v1/sync",
+        "/v1/users",
+    ] {
+        assert!(spec["paths"].get(path).is_some(), "spec lacks {path}");
+    }
+    let docs = app
+        .client
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status().as_u16(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("<html") || html.contains("<!doctype") || html.contains("<!DOCTYPE"));
+    assert!(
+        !html.contains("https://") && !html.contains("http://"),
+        "/docs loads nothing from the internet"
+    );
     for name in [
         "confab_http_request_duration_seconds_bucket",
         "confab_http_requests_total",
@@ -171,15 +287,24 @@ async fn server_and_as(db: Db) {
     let s = app.server();
     let g = app.conversation("ann", "group", &["bob"]).await;
     // Member endpoints need ?as with a server token.
-    let field = app.get("/v1/conversations", &s).await.error(400, "validation_failed");
+    let field = app
+        .get("/v1/conversations", &s)
+        .await
+        .error(400, "validation_failed");
     assert_eq!(field.as_deref(), Some("as"));
-    app.get("/v1/conversations?as=bad%20id", &s).await.error(400, "validation_failed");
+    app.get("/v1/conversations?as=bad%20id", &s)
+        .await
+        .error(400, "validation_failed");
     let list = app.get("/v1/conversations?as=bob", &s).await.expect(200);
     assert_eq!(list["conversations"][0]["id"], g.as_str());
-    app.get(&format!("/v1/conversations/{g}?as=stranger"), &s).await.error(404, "not_found");
+    app.get(&format!("/v1/conversations/{g}?as=stranger"), &s)
+        .await
+        .error(404, "not_found");
     // A deactivated user cannot be acted as.
     app.delete("/v1/users/bob", &s).await;
-    app.get("/v1/conversations?as=bob", &s).await.error(403, "forbidden");
+    app.get("/v1/conversations?as=bob", &s)
+        .await
+        .error(403, "forbidden");
 }
 
 /// A database slower than CONFAB_DB_TIMEOUT answers 503 `unavailable`, and nothing is written.
@@ -200,11 +325,27 @@ async fn slow_database_answers_503_and_writes_nothing() {
         .await
         .unwrap();
     let path = format!("/v1/conversations/{g}/messages");
-    let res = app.post(&path, &app.user("ann"), json!({"client_id": "c1", "text": "x"})).await;
+    let res = app
+        .post(
+            &path,
+            &app.user("ann"),
+            json!({"client_id": "c1", "text": "x"}),
+        )
+        .await;
     res.error(503, "unavailable");
     sqlx::query("rollback").execute(&mut blocker).await.unwrap();
     let page = app.get(&path, &app.user("ann")).await.expect(200);
-    assert_eq!(page["messages"], json!([]), "the refused send was not written");
+    assert_eq!(
+        page["messages"],
+        json!([]),
+        "the refused send was not written"
+    );
     // The retry with the same client_id now succeeds, once.
-    app.post(&path, &app.user("ann"), json!({"client_id": "c1", "text": "x"})).await.expect(201);
+    app.post(
+        &path,
+        &app.user("ann"),
+        json!({"client_id": "c1", "text": "x"}),
+    )
+    .await
+    .expect(201);
 }

@@ -117,8 +117,17 @@ impl Res {
     #[track_caller]
     pub fn error(self, status: u16, code: &str) -> Option<String> {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        assert_eq!(self.body["error"]["code"], json!(code), "body: {}", self.body);
-        assert!(self.body["error"]["message"].is_string(), "body: {}", self.body);
+        assert_eq!(
+            self.body["error"]["code"],
+            json!(code),
+            "body: {}",
+            self.body
+        );
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "body: {}",
+            self.body
+        );
         self.body["error"]["field"].as_str().map(str::to_owned)
     }
 }
@@ -130,7 +139,10 @@ impl TestApp {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server stopped cleanly");
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
         }
     }
 
@@ -142,7 +154,13 @@ impl TestApp {
         self.keys.server_token(Duration::from_secs(3600))
     }
 
-    pub async fn raw(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Res {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Res {
         let mut req = self.client.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -155,7 +173,11 @@ impl TestApp {
         let headers = res.headers().clone();
         let bytes = res.bytes().await.expect("body");
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Res { status, headers, body }
+        Res {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Res {
@@ -180,8 +202,13 @@ impl TestApp {
 
     /// Upserts users `(id, name)` with the server token.
     pub async fn users(&self, users: &[(&str, &str)]) {
-        let list: Vec<Value> = users.iter().map(|(id, name)| json!({"id": id, "name": name})).collect();
-        self.put("/v1/users", &self.server(), json!({ "users": list })).await.expect(200);
+        let list: Vec<Value> = users
+            .iter()
+            .map(|(id, name)| json!({"id": id, "name": name}))
+            .collect();
+        self.put("/v1/users", &self.server(), json!({ "users": list }))
+            .await
+            .expect(200);
     }
 
     /// Creates a conversation as `as_user`; returns its id.
@@ -237,7 +264,11 @@ pub struct Process {
 
 impl Process {
     pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
         cmd.arg("serve")
             .env("CONFAB_ADDR", format!("127.0.0.1:{port}"))
@@ -251,18 +282,22 @@ impl Process {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        #[allow(clippy::zombie_processes)] // `Process` kills and waits on drop.
         let child = cmd.spawn().expect("start confab");
         let base = format!("http://127.0.0.1:{port}");
         // The process needs a moment to migrate and bind: poll readiness, bounded.
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-                if r.status().is_success() {
-                    return Process { child, base };
-                }
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                return Process { child, base };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("confab serve did not become ready on {base}");
     }
 

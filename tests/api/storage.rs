@@ -16,7 +16,9 @@ both!(store_contract, listing_query_count_is_bounded);
 
 async fn open(db: Db) -> DynStore {
     let url = fresh_database(db).await;
-    confab::storage::open_url(&url, std::time::Duration::from_secs(5), 4).await.unwrap()
+    confab::storage::open_url(&url, std::time::Duration::from_secs(5), 4)
+        .await
+        .unwrap()
 }
 
 fn group(members: &[&str], creator: Option<&str>) -> NewConversation {
@@ -36,52 +38,95 @@ fn send(conv: &str, from: &str, client_id: &str) -> WriteOp {
     WriteOp::Send {
         conversation_id: conv.into(),
         sender_id: from.into(),
-        input: SendInput {
+        input: Box::new(SendInput {
             client_id: Some(client_id.into()),
             text: Some(format!("text {client_id}")),
             ..Default::default()
-        },
+        }),
     }
 }
 
 async fn store_contract(db: Db) {
     let s = open(db).await;
     let backend = s.backend();
-    assert_eq!(backend == confab::storage::Backend::Postgres, db == Db::Postgres);
+    assert_eq!(
+        backend == confab::storage::Backend::Postgres,
+        db == Db::Postgres
+    );
     s.ping().await.unwrap();
 
     // settings
     assert_eq!(s.setting("k").await.unwrap(), None);
     assert_eq!(s.setting_or_insert("k", "v1").await.unwrap(), "v1");
-    assert_eq!(s.setting_or_insert("k", "v2").await.unwrap(), "v1", "the first value is kept");
+    assert_eq!(
+        s.setting_or_insert("k", "v2").await.unwrap(),
+        "v1",
+        "the first value is kept"
+    );
 
     // users
     assert!(s.get_users(&[]).await.unwrap().is_empty());
     let up = s
-        .upsert_users(&[UserInput { id: "a".into(), name: Some("A".into()), ..Default::default() }])
+        .upsert_users(&[UserInput {
+            id: "a".into(),
+            name: Some("A".into()),
+            ..Default::default()
+        }])
         .await
         .unwrap();
     assert_eq!(up[0].name, "A");
     assert!(s.get_users(&["nobody".into()]).await.unwrap().is_empty());
     assert_eq!(s.user_for_token("b").await.unwrap(), UserState::Active);
-    assert_eq!(s.get_users(&["b".into()]).await.unwrap()[0].name, "b", "created bare");
-    assert!(matches!(s.deactivate_user("nobody").await, Err(StoreError::NotFound)));
+    assert_eq!(
+        s.get_users(&["b".into()]).await.unwrap()[0].name,
+        "b",
+        "created bare"
+    );
+    assert!(matches!(
+        s.deactivate_user("nobody").await,
+        Err(StoreError::NotFound)
+    ));
     s.deactivate_user("b").await.unwrap();
     assert_eq!(s.user_for_token("b").await.unwrap(), UserState::Deactivated);
 
     // conversations
-    let created = s.create_conversation(&group(&["a", "c"], Some("a"))).await.unwrap();
+    let created = s
+        .create_conversation(&group(&["a", "c"], Some("a")))
+        .await
+        .unwrap();
     let (g, fresh) = created.value;
     assert!(fresh);
     assert_eq!(created.changes.len(), 1);
     assert_eq!(created.changes[0].kind, ChangeKind::ConversationCreated);
-    assert!(s.conversations_for(Some("a"), &[], 0).await.unwrap().is_empty());
-    assert!(s.conversations_for(Some("zz"), &[g.clone()], 0).await.unwrap().is_empty(), "not a member");
-    assert!(s.conversations_for(Some("a"), &["nope".into()], 0).await.unwrap().is_empty());
-    let view = s.conversations_for(Some("c"), &[g.clone()], 0).await.unwrap();
+    assert!(
+        s.conversations_for(Some("a"), &[], 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.conversations_for(Some("zz"), std::slice::from_ref(&g), 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not a member"
+    );
+    assert!(
+        s.conversations_for(Some("a"), &["nope".into()], 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let view = s
+        .conversations_for(Some("c"), std::slice::from_ref(&g), 0)
+        .await
+        .unwrap();
     assert_eq!(view[0].members[0].user_id, "c");
     assert_eq!(view[0].members[1].role, "owner");
-    let server_view = s.conversations_for(None, &[g.clone()], 0).await.unwrap();
+    let server_view = s
+        .conversations_for(None, std::slice::from_ref(&g), 0)
+        .await
+        .unwrap();
     assert_eq!(server_view[0].member_count, 2);
 
     // write path: a batch with a send, a replay, a non-member and a read, in one transaction
@@ -91,13 +136,19 @@ async fn store_contract(db: Db) {
             send(&g, "a", "x1"),
             send(&g, "zz", "x2"),
             send("nope", "a", "x3"),
-            WriteOp::Read { conversation_id: g.clone(), user_id: "c".into(), seq: None },
+            WriteOp::Read {
+                conversation_id: g.clone(),
+                user_id: "c".into(),
+                seq: None,
+            },
         ])
         .await
         .unwrap();
     let o = &batch.outcomes;
     assert!(matches!(&o[0], Ok(WriteOutcome::Sent { created: true, message }) if message.seq == 1));
-    assert!(matches!(&o[1], Ok(WriteOutcome::Sent { created: false, message }) if message.seq == 1));
+    assert!(
+        matches!(&o[1], Ok(WriteOutcome::Sent { created: false, message }) if message.seq == 1)
+    );
     assert!(matches!(&o[2], Err(StoreError::NotFound)));
     assert!(matches!(&o[3], Err(StoreError::NotFound)));
     assert!(matches!(&o[4], Ok(WriteOutcome::Read { last_read_seq: 1 })));
@@ -107,39 +158,112 @@ async fn store_contract(db: Db) {
     assert_eq!(s.last_position().await.unwrap(), batch.changes[1].pos);
 
     // paging
-    let (page, more) = s.page_messages("a", &g, PageBound::Newest, 10).await.unwrap();
+    let (page, more) = s
+        .page_messages("a", &g, PageBound::Newest, 10)
+        .await
+        .unwrap();
     assert_eq!((page.len(), more), (1, false));
-    let (page, more) = s.page_messages("a", &g, PageBound::After(1), 10).await.unwrap();
+    let (page, more) = s
+        .page_messages("a", &g, PageBound::After(1), 10)
+        .await
+        .unwrap();
     assert_eq!((page.len(), more), (0, false), "cursor at the end");
-    assert!(matches!(s.page_messages("zz", &g, PageBound::Newest, 10).await, Err(StoreError::NotFound)));
-    assert!(matches!(s.page_messages("a", "nope", PageBound::Newest, 10).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.page_messages("zz", &g, PageBound::Newest, 10).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.page_messages("a", "nope", PageBound::Newest, 10).await,
+        Err(StoreError::NotFound)
+    ));
 
     // edit, delete
     let mid = page_first_id(&s, &g).await;
     let me = Actor::User("a".into());
-    let e = s.edit_message(&me, &mid, Some("edited"), None).await.unwrap();
+    let e = s
+        .edit_message(&me, &mid, Some("edited"), None)
+        .await
+        .unwrap();
     assert_eq!(e.value.text.as_deref(), Some("edited"));
-    assert!(matches!(s.edit_message(&Actor::User("c".into()), &mid, Some("x"), None).await, Err(StoreError::Forbidden(_))));
-    assert!(matches!(s.edit_message(&me, "nope", Some("x"), None).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.edit_message(&Actor::User("c".into()), &mid, Some("x"), None)
+            .await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        s.edit_message(&me, "nope", Some("x"), None).await,
+        Err(StoreError::NotFound)
+    ));
     let d = s.delete_message(&Actor::Server, &mid).await.unwrap();
     assert!(d.value.deleted_at.is_some() && d.value.text.is_none());
 
     // update, tags, members
-    let u = s.update_conversation(&me, &g, &ConversationPatch { name: Some(Some("N".into())), ..Default::default() }).await.unwrap();
-    assert_eq!(u.changes.iter().map(|c| c.kind).collect::<Vec<_>>(), [ChangeKind::MessageNew, ChangeKind::ConversationUpdated]);
-    let none = s.update_conversation(&me, &g, &ConversationPatch::default()).await.unwrap();
+    let u = s
+        .update_conversation(
+            &me,
+            &g,
+            &ConversationPatch {
+                name: Some(Some("N".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        u.changes.iter().map(|c| c.kind).collect::<Vec<_>>(),
+        [ChangeKind::MessageNew, ChangeKind::ConversationUpdated]
+    );
+    let none = s
+        .update_conversation(&me, &g, &ConversationPatch::default())
+        .await
+        .unwrap();
     assert!(none.changes.is_empty());
-    assert!(matches!(s.update_conversation(&Actor::User("zz".into()), &g, &ConversationPatch::default()).await, Err(StoreError::NotFound)));
-    let t = s.set_tags(&Actor::Server, &g, &["t1".into()]).await.unwrap();
+    assert!(matches!(
+        s.update_conversation(&Actor::User("zz".into()), &g, &ConversationPatch::default())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let t = s
+        .set_tags(&Actor::Server, &g, &["t1".into()])
+        .await
+        .unwrap();
     assert_eq!(t.changes.len(), 1);
-    assert!(s.set_tags(&Actor::Server, &g, &["t1".into()]).await.unwrap().changes.is_empty());
-    let add = s.add_members(&me, &g, &["d".into(), "c".into()]).await.unwrap();
-    let kinds: Vec<_> = add.changes.iter().map(|c| (c.kind, c.user_id.clone())).collect();
-    assert_eq!(kinds, [(ChangeKind::MemberJoined, Some("d".into())), (ChangeKind::MessageNew, None)]);
-    assert!(matches!(s.remove_member(&Actor::User("c".into()), &g, "d").await, Err(StoreError::Forbidden(_))));
-    let rm = s.remove_member(&Actor::User("d".into()), &g, "d").await.unwrap();
+    assert!(
+        s.set_tags(&Actor::Server, &g, &["t1".into()])
+            .await
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+    let add = s
+        .add_members(&me, &g, &["d".into(), "c".into()])
+        .await
+        .unwrap();
+    let kinds: Vec<_> = add
+        .changes
+        .iter()
+        .map(|c| (c.kind, c.user_id.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (ChangeKind::MemberJoined, Some("d".into())),
+            (ChangeKind::MessageNew, None)
+        ]
+    );
+    assert!(matches!(
+        s.remove_member(&Actor::User("c".into()), &g, "d").await,
+        Err(StoreError::Forbidden(_))
+    ));
+    let rm = s
+        .remove_member(&Actor::User("d".into()), &g, "d")
+        .await
+        .unwrap();
     assert_eq!(rm.changes[0].kind, ChangeKind::MemberLeft);
-    assert!(matches!(s.remove_member(&me, &g, "d").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.remove_member(&me, &g, "d").await,
+        Err(StoreError::NotFound)
+    ));
 
     // unread and changes
     let unread = s.unread("c").await.unwrap();
@@ -152,18 +276,35 @@ async fn store_contract(db: Db) {
     let all = s.changes_for("c", 0, i64::MAX, 1000).await.unwrap();
     assert!(all.windows(2).all(|w| w[0].pos < w[1].pos));
     let d_changes = s.changes_for("d", 0, i64::MAX, 1000).await.unwrap();
-    assert!(d_changes.iter().any(|c| c.kind == ChangeKind::MemberLeft), "the user who left sees it");
+    assert!(
+        d_changes.iter().any(|c| c.kind == ChangeKind::MemberLeft),
+        "the user who left sees it"
+    );
     let top = s.last_position().await.unwrap();
     assert!(s.changes_for("c", top, top, 10).await.unwrap().is_empty());
     assert_eq!(s.changes_for("c", 0, i64::MAX, 2).await.unwrap().len(), 2);
 
     // listing: empty, and the end
-    let f = ListFilter { limit: 10, ..Default::default() };
-    assert!(s.list_conversations("nobody", &f).await.unwrap().conversations.is_empty());
+    let f = ListFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        s.list_conversations("nobody", &f)
+            .await
+            .unwrap()
+            .conversations
+            .is_empty()
+    );
     let page = s.list_conversations("c", &f).await.unwrap();
     assert_eq!(page.conversations.len(), 1);
     assert!(page.next.is_none());
-    let after_end = ListFilter { limit: 10, cursor: Some((0, String::new())), include_total: true, ..Default::default() };
+    let after_end = ListFilter {
+        limit: 10,
+        cursor: Some((0, String::new())),
+        include_total: true,
+        ..Default::default()
+    };
     let page = s.list_conversations("c", &after_end).await.unwrap();
     assert!(page.conversations.is_empty());
     assert_eq!(page.total, Some(1));
@@ -189,15 +330,31 @@ async fn listing_query_count_is_bounded(db: Db) {
     for limit in [1, 10, 50, 100] {
         for q in ["", "&include_total=true&tags=a&q=o&unread_only=true"] {
             let before = app.store.query_count();
-            let page = app.get(&format!("/v1/conversations?limit={limit}{q}"), &t).await.expect(200);
+            let page = app
+                .get(&format!("/v1/conversations?limit={limit}{q}"), &t)
+                .await
+                .expect(200);
             let used = app.store.query_count() - before;
             if q.is_empty() {
-                assert_eq!(page["conversations"].as_array().unwrap().len(), limit.min(60));
+                assert_eq!(
+                    page["conversations"].as_array().unwrap().len(),
+                    limit.min(60)
+                );
             }
             counts.push((limit, q, used));
         }
     }
-    let plain: Vec<u64> = counts.iter().filter(|c| c.1.is_empty()).map(|c| c.2).collect();
-    assert!(plain.windows(2).all(|w| w[0] == w[1]), "grows with page size: {counts:?}");
-    assert!(plain[0] <= 7, "a listing costs at most 7 queries: {counts:?}");
+    let plain: Vec<u64> = counts
+        .iter()
+        .filter(|c| c.1.is_empty())
+        .map(|c| c.2)
+        .collect();
+    assert!(
+        plain.windows(2).all(|w| w[0] == w[1]),
+        "grows with page size: {counts:?}"
+    );
+    assert!(
+        plain[0] <= 7,
+        "a listing costs at most 7 queries: {counts:?}"
+    );
 }

@@ -22,13 +22,25 @@ async fn upsert_get_and_deactivate(db: Db) {
     assert_eq!(body["users"][0]["name"], "Salt Academy");
     assert_eq!(body["users"][0]["kind"], "company");
     assert_eq!(body["users"][0]["custom"]["tier"], 2);
-    assert_eq!(body["users"][1]["name"], "u_2", "a user without a name is named by id");
+    assert_eq!(
+        body["users"][1]["name"], "u_2",
+        "a user without a name is named by id"
+    );
     assert_eq!(body["users"][1]["kind"], "user");
-    assert!(body["users"][0]["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        body["users"][0]["created_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
 
     // A second upsert changes only what it names.
     let again = app
-        .put("/v1/users", &s, json!({"users": [{"id": "u_1", "image_url": "https://x/y.png"}]}))
+        .put(
+            "/v1/users",
+            &s,
+            json!({"users": [{"id": "u_1", "image_url": "https://x/y.png"}]}),
+        )
         .await
         .expect(200);
     assert_eq!(again["users"][0]["name"], "Salt Academy");
@@ -39,27 +51,47 @@ async fn upsert_get_and_deactivate(db: Db) {
     let one = app.get("/v1/users/u_1", &u).await.expect(200);
     assert_eq!(one["id"], "u_1");
     assert_eq!(one["online"], false);
-    app.get("/v1/users/nobody", &u).await.error(404, "not_found");
+    app.get("/v1/users/nobody", &u)
+        .await
+        .error(404, "not_found");
 
-    let many = app.get("/v1/users?ids=u_2,nobody,u_1", &u).await.expect(200);
-    let ids: Vec<&str> = many["users"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+    let many = app
+        .get("/v1/users?ids=u_2,nobody,u_1", &u)
+        .await
+        .expect(200);
+    let ids: Vec<&str> = many["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["u_2", "u_1"], "in the order asked, unknown left out");
 
     // Only the server upserts and deactivates.
-    app.put("/v1/users", &u, json!({"users": [{"id": "u_9"}]})).await.error(403, "forbidden");
-    app.delete("/v1/users/u_1", &u).await.error(403, "forbidden");
+    app.put("/v1/users", &u, json!({"users": [{"id": "u_9"}]}))
+        .await
+        .error(403, "forbidden");
+    app.delete("/v1/users/u_1", &u)
+        .await
+        .error(403, "forbidden");
 
     // Deactivation stops the user's tokens; their data stays.
     let u1 = app.user("u_1");
     app.get("/v1/users/u_2", &u1).await.expect(200);
     let res = app.delete("/v1/users/u_1", &s).await;
     assert_eq!(res.status.as_u16(), 204);
-    app.get("/v1/users/u_2", &u1).await.error(401, "unauthorized");
+    app.get("/v1/users/u_2", &u1)
+        .await
+        .error(401, "unauthorized");
     app.get("/v1/users/u_1", &u).await.expect(200);
-    app.delete("/v1/users/nobody", &s).await.error(404, "not_found");
+    app.delete("/v1/users/nobody", &s)
+        .await
+        .error(404, "not_found");
 
     // A valid token for an unknown user creates that user bare on first use.
-    app.get("/v1/users/u_1", &app.user("fresh_user")).await.expect(200);
+    app.get("/v1/users/u_1", &app.user("fresh_user"))
+        .await
+        .expect(200);
     let fresh = app.get("/v1/users/fresh_user", &u).await.expect(200);
     assert_eq!(fresh["name"], "fresh_user");
 }
@@ -70,21 +102,42 @@ async fn user_validation(db: Db) {
     let cases = [
         (json!({}), "users"),
         (json!({"users": []}), "users"),
-        (json!({"users": [{"id": "ok"}, {"id": "no spaces"}]}), "users[1].id"),
+        (
+            json!({"users": [{"id": "ok"}, {"id": "no spaces"}]}),
+            "users[1].id",
+        ),
         (json!({"users": [{"name": "x"}]}), "users[0].id"),
-        (json!({"users": [{"id": "a", "name": "nul\u{0}"}]}), "users[0].name"),
+        (
+            json!({"users": [{"id": "a", "name": "nul\u{0}"}]}),
+            "users[0].name",
+        ),
         (json!({"users": [{"id": "a", "name": 5}]}), "users[0].name"),
-        (json!({"users": [{"id": "a", "custom": []}]}), "users[0].custom"),
+        (
+            json!({"users": [{"id": "a", "custom": []}]}),
+            "users[0].custom",
+        ),
         (json!({"users": [{"id": "a"}, {"id": "a"}]}), "users[1].id"),
-        (json!({"users": [{"id": "a", "custom": {"k": "x".repeat(9000)}}]}), "users[0].custom"),
+        (
+            json!({"users": [{"id": "a", "custom": {"k": "x".repeat(9000)}}]}),
+            "users[0].custom",
+        ),
     ];
     for (body, field) in cases {
-        let got = app.put("/v1/users", &s, body.clone()).await.error(400, "validation_failed");
+        let got = app
+            .put("/v1/users", &s, body.clone())
+            .await
+            .error(400, "validation_failed");
         assert_eq!(got.as_deref(), Some(field), "for {body}");
     }
     let many: Vec<_> = (0..1001).map(|i| json!({"id": format!("u{i}")})).collect();
-    let got = app.put("/v1/users", &s, json!({"users": many})).await.error(400, "validation_failed");
+    let got = app
+        .put("/v1/users", &s, json!({"users": many}))
+        .await
+        .error(400, "validation_failed");
     assert_eq!(got.as_deref(), Some("users"));
-    let got = app.get("/v1/users", &s).await.error(400, "validation_failed");
+    let got = app
+        .get("/v1/users", &s)
+        .await
+        .error(400, "validation_failed");
     assert_eq!(got.as_deref(), Some("ids"));
 }
