@@ -3,18 +3,22 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::auth::{Keys, generate_secret};
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::realtime::{self, presence::Presence};
 use crate::storage::{self, Backend, DynStore};
 use crate::write_path::{ChangeBus, WritePath};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// The Socket.IO layer, wrapped around the REST router at `/socket.io/`.
+    realtime: socketioxide::layer::SocketIoLayer,
 }
 
 /// The JWT secret: configured, else the one kept in the database, else a new one kept there.
@@ -63,8 +67,25 @@ impl Application {
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| anyhow::anyhow!("CONFAB_ADDR: cannot listen on {}: {e}", config.addr))?;
-        let state = AppState::new(store, writes, bus, Keys::new(&secret), config, database_id);
-        Ok(Application { listener, state })
+        let (presence, global, local) = Presence::new(config.presence_grace);
+        let state = AppState::new(
+            store,
+            writes,
+            bus,
+            Keys::new(&secret),
+            config,
+            database_id,
+            Arc::new(presence),
+        );
+        let (realtime, hub) = realtime::start(state.clone())?;
+        realtime::start_presence(hub.clone(), global, local);
+        let _ = state.realtime.set(Arc::downgrade(&hub));
+        // The hub lives as long as the server: the layer's handlers hold it.
+        Ok(Application {
+            listener,
+            state,
+            realtime,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -80,7 +101,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = router(self.state)
+            .layer(self.realtime)
+            .into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;

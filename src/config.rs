@@ -26,6 +26,12 @@ pub struct Config {
     pub max_batch: usize,
     /// PostgreSQL connections per process (`CONFAB_DB_POOL_SIZE`, an extension).
     pub db_pool_size: u32,
+    /// Origins allowed to open a socket (`CONFAB_ALLOWED_ORIGINS`); `None`: any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Client events per socket (`CONFAB_SOCKET_RATE_LIMIT`).
+    pub socket_rate_limit: Option<RateLimit>,
+    /// How long after its last socket closes a user is announced offline.
+    pub presence_grace: Duration,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -191,9 +197,44 @@ impl Config {
                 .filter(|n| (2..=1000).contains(n))
                 .ok_or_else(|| bad("CONFAB_DB_POOL_SIZE", "must be a number from 2 to 1000"))?,
         };
+        let allowed_origins = match get("CONFAB_ALLOWED_ORIGINS").as_deref().map(str::trim) {
+            None | Some("*") => None,
+            Some(v) => {
+                let list: Vec<String> = v
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect();
+                if list
+                    .iter()
+                    .any(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+                {
+                    return Err(bad(
+                        "CONFAB_ALLOWED_ORIGINS",
+                        "must be * or a comma-separated list of origins like https://app.example.com",
+                    ));
+                }
+                Some(list)
+            }
+        };
+        let socket_rate_limit = parse_rate(
+            "CONFAB_SOCKET_RATE_LIMIT",
+            get("CONFAB_SOCKET_RATE_LIMIT")
+                .as_deref()
+                .unwrap_or("20/s burst 40"),
+        )?;
+        let presence_grace = match get("CONFAB_PRESENCE_GRACE") {
+            None => Duration::from_secs(3),
+            Some(v) => parse_duration(&v)
+                .filter(|d| *d <= Duration::from_secs(5))
+                .ok_or_else(|| bad("CONFAB_PRESENCE_GRACE", "must be a duration of at most 5s"))?,
+        };
         Ok(Config {
             addr,
             db_pool_size,
+            allowed_origins,
+            socket_rate_limit,
+            presence_grace,
             database_url,
             jwt_secret,
             redis_url,

@@ -212,7 +212,7 @@ impl ChangeKind {
 
 /// One committed change, as sync, realtime and webhooks consume it. `pos` orders all changes
 /// of the database; `data` is the event payload as it was when the change happened.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Change {
     pub pos: i64,
     pub conversation_id: String,

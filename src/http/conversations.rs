@@ -67,12 +67,23 @@ async fn view(
     id: &str,
     messages: u32,
 ) -> ApiResult<Conversation> {
-    state
+    let mut c = state
         .store
         .conversations_for(viewer, &[id.to_owned()], messages)
         .await?
         .pop()
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    members_presence(state, std::slice::from_mut(&mut c));
+    Ok(c)
+}
+
+/// Fills `online` of the member users from presence.
+fn members_presence(state: &AppState, conversations: &mut [Conversation]) {
+    for c in conversations {
+        for m in &mut c.members {
+            m.user.online = state.presence.is_online(&m.user_id);
+        }
+    }
 }
 
 fn check_opt_text(field: &str, v: &Option<String>, max: usize) -> ApiResult<()> {
@@ -271,7 +282,8 @@ async fn list(
         unread_only: params.bool("unread_only")?,
         include_total: params.bool("include_total")?,
     };
-    let page = state.store.list_conversations(user, &filter).await?;
+    let mut page = state.store.list_conversations(user, &filter).await?;
+    members_presence(&state, &mut page.conversations);
     let mut body = json!({
         "conversations": page.conversations,
         "next_cursor": page.next.as_ref().map(encode_cursor),

@@ -4,15 +4,15 @@
 mod conversations;
 pub mod error;
 mod extract;
-mod limit;
-mod messages;
+pub mod limit;
+pub mod messages;
 pub mod openapi;
 mod ops;
-mod sync;
+pub mod sync;
 mod users;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use axum::Router;
@@ -28,6 +28,8 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Keys;
 use crate::config::Config;
 use crate::domain::Change;
+use crate::realtime::Hub;
+use crate::realtime::presence::Presence;
 use crate::storage::DynStore;
 use crate::write_path::{ChangeBus, WritePath};
 use error::ApiError;
@@ -52,6 +54,10 @@ pub struct AppState {
     pub database_id: Arc<str>,
     pub user_limiter: Option<Arc<RateLimiter>>,
     pub ip_limiter: Option<Arc<RateLimiter>>,
+    /// Who is online, on this node and (with Redis) on the others.
+    pub presence: Arc<Presence>,
+    /// The realtime hub, once started (weak: the hub holds this state).
+    pub realtime: Arc<OnceLock<Weak<Hub>>>,
 }
 
 impl AppState {
@@ -62,6 +68,7 @@ impl AppState {
         keys: Keys,
         config: Config,
         database_id: String,
+        presence: Arc<Presence>,
     ) -> Self {
         AppState {
             store,
@@ -77,6 +84,20 @@ impl AppState {
             config: Arc::new(config),
             metrics: crate::telemetry::metrics_handle(),
             database_id: database_id.into(),
+            presence,
+            realtime: Arc::default(),
+        }
+    }
+
+    /// Whether the Redis bridge is up (`None`: no Redis configured, or realtime not started).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.realtime.get()?.upgrade()?.redis_up()
+    }
+
+    /// Fills `online` of users from presence.
+    pub fn with_presence(&self, users: &mut [crate::domain::User]) {
+        for u in users {
+            u.online = self.presence.is_online(&u.id);
         }
     }
 

@@ -434,10 +434,15 @@ pub struct Health {
 /// `status` `ready` / `database` `ok`, or `unavailable` / `down` with an error.
 #[derive(ToSchema)]
 pub struct Ready {
+    /// `ready`, `degraded` (Redis down: this node serves, cross-node delivery pauses) or
+    /// `unavailable` (the database does not answer).
     #[schema(example = "ready")]
     pub status: String,
     #[schema(example = "ok")]
     pub database: String,
+    /// `ok`, `down` or `not_configured`.
+    #[schema(example = "ok")]
+    pub redis: String,
     /// Only when unavailable.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = ErrorDetail)]

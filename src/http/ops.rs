@@ -47,7 +47,7 @@ async fn healthz() -> impl IntoResponse {
     summary = "Readiness: the database answers within `CONFAB_DB_TIMEOUT`",
     responses(
         (status = 200, description = "Ready", body = super::openapi::Ready,
-            example = json!({"status": "ready", "database": "ok"})),
+            example = json!({"status": "ready", "database": "ok", "redis": "ok"})),
         (status = 503, description = "The database does not answer", body = super::openapi::Ready,
             example = json!({"status": "unavailable", "database": "down",
                 "error": {"code": "unavailable", "message": "the database does not answer"}})),
@@ -56,15 +56,24 @@ async fn healthz() -> impl IntoResponse {
 )]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ping = tokio::time::timeout(state.config.db_timeout, state.store.ping()).await;
+    // Redis is a fast path: without it the node still serves (degraded), so it stays ready.
+    let redis = match state.redis_up() {
+        None => "not_configured",
+        Some(true) => "ok",
+        Some(false) => "down",
+    };
     match ping {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok"})),
-        ),
+        Ok(Ok(())) => {
+            let status = if redis == "down" { "degraded" } else { "ready" };
+            (
+                StatusCode::OK,
+                Json(json!({"status": status, "database": "ok", "redis": redis})),
+            )
+        }
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
-                "status": "unavailable", "database": "down",
+                "status": "unavailable", "database": "down", "redis": redis,
                 "error": {"code": "unavailable", "message": "the database does not answer"}
             })),
         ),

@@ -114,7 +114,8 @@ async fn upsert(
         }
         inputs.push(u);
     }
-    let users = state.store.upsert_users(&inputs).await?;
+    let mut users = state.store.upsert_users(&inputs).await?;
+    state.with_presence(&mut users);
     Ok(Json(json!({ "users": users })))
 }
 
@@ -149,6 +150,7 @@ async fn get_one(
         return Err(ApiError::NotFound);
     }
     let mut users = state.store.get_users(&[id]).await?;
+    state.with_presence(&mut users);
     let user = users.pop().ok_or(ApiError::NotFound)?;
     Ok(Json(json!(user)))
 }
@@ -191,7 +193,8 @@ async fn get_many(
     for id in &ids {
         check_user_id("ids", id)?;
     }
-    let users = state.store.get_users(&ids).await?;
+    let mut users = state.store.get_users(&ids).await?;
+    state.with_presence(&mut users);
     Ok(Json(json!({ "users": users })))
 }
 

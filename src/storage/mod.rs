@@ -303,6 +303,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Change>>;
 
+    /// The ids of every conversation `user` is a member of (realtime rooms).
+    async fn conversation_ids_of(&self, user: &str) -> StoreResult<Vec<String>>;
+
+    /// The users who share a direct conversation with `user` (presence audience).
+    async fn direct_partners(&self, user: &str) -> StoreResult<Vec<String>>;
+
+    /// Records when `user` was last seen online.
+    async fn set_last_seen(&self, user: &str, at: Timestamp) -> StoreResult<()>;
+
     /// The highest committed change position.
     async fn last_position(&self) -> StoreResult<i64>;
 }

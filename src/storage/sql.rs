@@ -1726,6 +1726,40 @@ macro_rules! sql_store {
                 rows.iter().map(change_from).collect::<Result<_, _>>().map_err(db_error)
             }
 
+            async fn conversation_ids_of(&self, user: &str) -> StoreResult<Vec<String>> {
+                self.tick(1);
+                sqlx::query_scalar("select conversation_id from members where user_id = $1")
+                    .bind(user)
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(db_error)
+            }
+
+            async fn direct_partners(&self, user: &str) -> StoreResult<Vec<String>> {
+                self.tick(1);
+                sqlx::query_scalar(
+                    "select o.user_id from members mb \
+                     join conversations c on c.conversation_id = mb.conversation_id and c.kind = 'direct' \
+                     join members o on o.conversation_id = mb.conversation_id and o.user_id <> mb.user_id \
+                     where mb.user_id = $1",
+                )
+                .bind(user)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_error)
+            }
+
+            async fn set_last_seen(&self, user: &str, at: Timestamp) -> StoreResult<()> {
+                self.tick(1);
+                sqlx::query("update users set last_seen_at = $2 where user_id = $1")
+                    .bind(user)
+                    .bind(at.0)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(db_error)?;
+                Ok(())
+            }
+
             async fn last_position(&self) -> StoreResult<i64> {
                 self.tick(1);
                 sqlx::query_scalar("select value from counters where name = 'changes'")

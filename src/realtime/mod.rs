@@ -1,0 +1,511 @@
+//! Realtime over Socket.IO (socketioxide) at `/socket.io/`, on the REST port.
+//!
+//! Rooms: every socket joins `u:{user}` and `c:{conversation}` for each conversation of its
+//! user. After a commit, each change is delivered once per node to the room of its
+//! conversation, serialized once (a raw JSON value) and handed to each socket without waiting:
+//! a socket whose buffer is full is dropped from delivery and disconnected (the client recovers
+//! through sync). Membership changes move the member's sockets in or out of the room on every
+//! node as the change is delivered, so they take effect immediately.
+//!
+//! Changes reach the hub from the local change bus (this node's commits) and from the Redis
+//! bridge (other nodes' commits). Typing and presence travel the same way but are never stored.
+
+mod bridge;
+pub mod presence;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::DisconnectReason;
+use socketioxide::{SendError, SocketError, SocketIo};
+
+use crate::auth::Principal;
+use crate::domain::{Change, ChangeKind, SendInput, Timestamp, check_user_id};
+use crate::http::error::ApiError;
+use crate::http::limit::RateLimiter;
+use crate::http::{AppState, sync::encode_token};
+use crate::storage::UserState;
+use bridge::{Bridge, Envelope};
+use presence::Transition;
+
+/// The largest Socket.IO payload accepted from a client.
+pub const MAX_PAYLOAD: u64 = 1024 * 1024;
+/// Packets queued for one socket before it counts as a slow consumer.
+pub const MAX_BUFFER: usize = 256;
+
+/// The user a socket belongs to (a socket extension).
+#[derive(Clone)]
+struct SocketUser(String);
+
+/// Shared by every socket handler and by the delivery tasks.
+pub struct Hub {
+    state: AppState,
+    io: OnceLock<SocketIo>,
+    /// Identifies this process on the bridge.
+    node: String,
+    bridge: OnceLock<Arc<Bridge>>,
+    /// Client events per socket.
+    limiter: Option<RateLimiter>,
+}
+
+/// Builds the Socket.IO layer and its hub, and starts delivery. Must run inside tokio.
+pub fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, Arc<Hub>)> {
+    let hub = Arc::new(Hub {
+        limiter: state.config.socket_rate_limit.map(RateLimiter::new),
+        node: uuid::Uuid::now_v7().to_string(),
+        io: OnceLock::new(),
+        bridge: OnceLock::new(),
+        state: state.clone(),
+    });
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(Duration::from_secs(10))
+        .ping_timeout(Duration::from_secs(10))
+        .max_buffer_size(MAX_BUFFER)
+        .max_payload(MAX_PAYLOAD)
+        .ws_read_buffer_size(4096)
+        .with_state(hub.clone())
+        .build_layer();
+    io.ns("/", on_connect.with(authenticate));
+    let _ = hub.io.set(io);
+
+    if let Some(url) = &state.config.redis_url {
+        let h = hub.clone();
+        let bridge = Bridge::start(url, hub.node.clone(), move |env| h.remote(env))?;
+        let _ = hub.bridge.set(bridge);
+        tokio::spawn(heartbeat(hub.clone()));
+    }
+    tokio::spawn(forward_commits(hub.clone()));
+    Ok((layer, hub))
+}
+
+impl Hub {
+    fn io(&self) -> &SocketIo {
+        self.io.get().expect("io is set at start")
+    }
+
+    /// Whether cross-node delivery works (`None`: single node, no Redis configured).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.bridge.get().map(|b| b.is_up())
+    }
+
+    fn publish(&self, env: Envelope) {
+        if let Some(b) = self.bridge.get() {
+            b.publish(&env);
+        }
+    }
+
+    /// An envelope from another node.
+    fn remote(self: &Arc<Self>, env: Envelope) {
+        match env {
+            Envelope::Change { change, .. } => {
+                let hub = self.clone();
+                tokio::spawn(async move { hub.deliver(&change).await });
+            }
+            Envelope::Typing {
+                conversation_id,
+                user_id,
+                typing,
+                ..
+            } => self.deliver_typing(&conversation_id, &user_id, typing),
+            Envelope::Presence {
+                node,
+                user_id,
+                online,
+            } => self.state.presence.remote_delta(&node, &user_id, online),
+            Envelope::Heartbeat { node, users } => {
+                self.state.presence.remote_heartbeat(&node, users)
+            }
+        }
+    }
+
+    /// Emits one pre-serialized payload to every local socket in `room` (less `except`'s
+    /// sockets). A socket whose buffer is full is dropped.
+    fn emit(&self, room: String, except: Option<String>, event: &str, payload: &RawValue) {
+        let mut op = self.io().to(room);
+        if let Some(e) = except {
+            op = op.except(e);
+        }
+        let mut sent = 0u64;
+        for socket in op.sockets() {
+            match socket.emit(event, payload) {
+                Ok(()) => sent += 1,
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => drop_slow(socket),
+                Err(_) => {} // closing already
+            }
+        }
+        metrics::counter!("confab_realtime_events_total", "type" => event.to_owned())
+            .increment(sent);
+    }
+
+    /// Delivers one committed change to the local sockets of its conversation's members.
+    async fn deliver(&self, change: &Change) {
+        let conv_room = format!("c:{}", change.conversation_id);
+        let token = encode_token(&self.state.database_id, change.pos);
+        let event = change.kind.as_str();
+        let mut payload = change.data.clone();
+        // The sync position, so a client can resume sync from the last event it saw.
+        if let Some(obj) = payload.as_object_mut() {
+            obj.insert("sync_token".into(), json!(token));
+        }
+        match change.kind {
+            ChangeKind::ConversationCreated => {
+                let members: Vec<String> = change.data["member_ids"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for m in &members {
+                    let _ = self.io().to(format!("u:{m}")).join(conv_room.clone()).await;
+                }
+                self.conversation_views(change, &members, &token).await;
+            }
+            ChangeKind::MemberJoined => {
+                if let Some(u) = &change.user_id {
+                    let _ = self.io().to(format!("u:{u}")).join(conv_room.clone()).await;
+                }
+                self.emit_value(conv_room, None, event, &payload);
+            }
+            ChangeKind::MemberLeft => {
+                // The member who left hears it, then nothing more.
+                self.emit_value(conv_room.clone(), None, event, &payload);
+                if let Some(u) = &change.user_id {
+                    let _ = self.io().to(format!("u:{u}")).leave(conv_room).await;
+                }
+            }
+            _ => self.emit_value(conv_room, None, event, &payload),
+        }
+        let lag = (Timestamp::now().0 - change.created_at.0).max(0) as f64 / 1000.0;
+        metrics::histogram!("confab_fanout_latency_seconds").record(lag);
+    }
+
+    fn emit_value(&self, room: String, except: Option<String>, event: &str, payload: &Value) {
+        match serde_json::value::to_raw_value(payload) {
+            Ok(raw) => self.emit(room, except, event, &raw),
+            Err(e) => tracing::error!(error = %e, "unserializable event"),
+        }
+    }
+
+    /// `conversation.created` is the conversation as each receiver sees it: loaded per member
+    /// that has a socket on this node.
+    async fn conversation_views(&self, change: &Change, members: &[String], token: &str) {
+        for m in members {
+            if self.io().to(format!("u:{m}")).sockets().is_empty() {
+                continue;
+            }
+            let view = self
+                .state
+                .store
+                .conversations_for(Some(m), std::slice::from_ref(&change.conversation_id), 0)
+                .await;
+            if let Ok(Some(c)) = view.map(|mut v| v.pop()) {
+                let mut payload = json!(c);
+                payload["sync_token"] = json!(token);
+                self.emit_value(format!("u:{m}"), None, "conversation.created", &payload);
+            }
+        }
+    }
+
+    fn deliver_typing(&self, conversation_id: &str, user_id: &str, typing: bool) {
+        let payload =
+            json!({"conversation_id": conversation_id, "user_id": user_id, "typing": typing});
+        self.emit_value(
+            format!("c:{conversation_id}"),
+            Some(format!("u:{user_id}")),
+            "typing",
+            &payload,
+        );
+    }
+
+    /// A user's global presence changed: record `last_seen_at` and tell the users who share a
+    /// direct conversation with them (their local sockets).
+    async fn announce(&self, t: Transition) {
+        let now = Timestamp::now();
+        if !t.online {
+            if let Err(e) = self.state.store.set_last_seen(&t.user_id, now).await {
+                tracing::warn!(error = %e, "could not store last_seen_at");
+            }
+        }
+        let partners = match self.state.store.direct_partners(&t.user_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load presence audience");
+                return;
+            }
+        };
+        let payload = json!({"user_id": t.user_id, "online": t.online, "last_seen_at": now});
+        for p in partners {
+            self.emit_value(format!("u:{p}"), None, "presence", &payload);
+        }
+    }
+}
+
+/// A slow consumer: out of every room at once (it gets nothing more), disconnected as soon as
+/// its buffer has room for the disconnect packet, or by the heartbeat timeout if it never reads.
+fn drop_slow(socket: SocketRef) {
+    metrics::counter!("confab_realtime_dropped_slow_consumers_total").increment(1);
+    socket.leave_all();
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            match socket.clone().disconnect() {
+                Err(SocketError::InternalChannelFull) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => return,
+            }
+        }
+    });
+}
+
+/// This node's commits: delivered here, and published for the other nodes.
+async fn forward_commits(hub: Arc<Hub>) {
+    let mut changes = hub.state.bus.subscribe();
+    loop {
+        match changes.recv().await {
+            Ok(change) => {
+                hub.publish(Envelope::Change {
+                    node: hub.node.clone(),
+                    change: (*change).clone(),
+                });
+                hub.deliver(&change).await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "realtime fell behind the change bus");
+                metrics::counter!("confab_realtime_lagged_total").increment(n);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Starts the presence tasks: announcing transitions, telling the other nodes, heartbeats.
+pub fn start_presence(
+    hub: Arc<Hub>,
+    mut global: tokio::sync::mpsc::UnboundedReceiver<Transition>,
+    mut local: tokio::sync::mpsc::UnboundedReceiver<Transition>,
+) {
+    let h = hub.clone();
+    tokio::spawn(async move {
+        while let Some(t) = global.recv().await {
+            h.announce(t).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(t) = local.recv().await {
+            hub.publish(Envelope::Presence {
+                node: hub.node.clone(),
+                user_id: t.user_id,
+                online: t.online,
+            });
+        }
+    });
+}
+
+async fn heartbeat(hub: Arc<Hub>) {
+    let mut tick = tokio::time::interval(presence::HEARTBEAT);
+    loop {
+        tick.tick().await;
+        hub.publish(Envelope::Heartbeat {
+            node: hub.node.clone(),
+            users: hub.state.presence.local_users(),
+        });
+        hub.state.presence.expire_nodes();
+    }
+}
+
+// ---------------------------------------------------------------- socket handlers
+
+#[derive(Deserialize)]
+struct Auth {
+    token: Option<String>,
+}
+
+/// Handshake: a valid user token of an active user, from an allowed origin. Anything else is
+/// refused with `connect_error` `unauthorized` (or `forbidden` for an origin).
+async fn authenticate(
+    socket: SocketRef,
+    State(hub): State<Arc<Hub>>,
+    TryData(auth): TryData<Auth>,
+) -> Result<(), &'static str> {
+    if let Some(allowed) = &hub.state.config.allowed_origins {
+        let origin = socket
+            .req_parts()
+            .headers
+            .get("origin")
+            .and_then(|o| o.to_str().ok());
+        if let Some(o) = origin
+            && !allowed.iter().any(|a| a == o)
+        {
+            return Err("forbidden");
+        }
+    }
+    let token = auth.ok().and_then(|a| a.token).ok_or("unauthorized")?;
+    let Some(Principal::User(user)) = hub.state.keys.verify(&token) else {
+        return Err("unauthorized");
+    };
+    if check_user_id("sub", &user).is_err() {
+        return Err("unauthorized");
+    }
+    match hub.state.store.user_for_token(&user).await {
+        Ok(UserState::Active) => {}
+        _ => return Err("unauthorized"),
+    }
+    socket.extensions.insert(SocketUser(user));
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
+    let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() else {
+        return;
+    };
+    socket.join(format!("u:{user}"));
+    match hub.state.store.conversation_ids_of(&user).await {
+        Ok(ids) => socket.join(
+            ids.into_iter()
+                .map(|c| format!("c:{c}"))
+                .collect::<Vec<_>>(),
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not load the socket's conversations"),
+    }
+    hub.state.presence.connected(&user);
+    metrics::gauge!("confab_realtime_sockets").increment(1.0);
+    socket.on("message.send", on_send);
+    socket.on("read", on_read);
+    socket.on("typing", on_typing);
+    socket.on_disconnect(on_disconnect);
+}
+
+async fn on_disconnect(socket: SocketRef, State(hub): State<Arc<Hub>>, _reason: DisconnectReason) {
+    metrics::gauge!("confab_realtime_sockets").decrement(1.0);
+    if let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() {
+        hub.state.presence.disconnected(&user);
+    }
+}
+
+fn nack(e: &ApiError) -> Value {
+    json!({"ok": false, "error": e.body()["error"]})
+}
+
+/// The socket's user, after the per-socket rate limit.
+fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
+    if let Some(l) = &hub.limiter {
+        l.check(&socket.id.to_string())?;
+    }
+    socket
+        .extensions
+        .get::<SocketUser>()
+        .map(|u| u.0)
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn payload<T: serde::de::DeserializeOwned>(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<T, ApiError> {
+    let v = data.map_err(|e| ApiError::Validation {
+        field: None,
+        message: format!("malformed payload: {e}"),
+    })?;
+    crate::http::parse_json(v.to_string().as_bytes())
+}
+
+async fn on_send(
+    socket: SocketRef,
+    State(hub): State<Arc<Hub>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+) {
+    let result = async {
+        let user = admit(&socket, &hub)?;
+        let input: SendInput = payload(data)?;
+        let conversation = input
+            .conversation_id
+            .clone()
+            .ok_or_else(|| ApiError::invalid("conversation_id", "is required"))?;
+        if input.user_id.is_some() {
+            return Err(ApiError::invalid("user_id", "unknown field"));
+        }
+        crate::http::messages::send_message(&hub.state, conversation, user, input).await
+    }
+    .await;
+    let reply = match result {
+        Ok((message, _)) => json!({"ok": true, "message": message}),
+        Err(e) => nack(&e),
+    };
+    let _ = ack.send(&reply);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadPayload {
+    conversation_id: String,
+    seq: Option<i64>,
+}
+
+async fn on_read(
+    socket: SocketRef,
+    State(hub): State<Arc<Hub>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+) {
+    let result = async {
+        let user = admit(&socket, &hub)?;
+        let p: ReadPayload = payload(data)?;
+        crate::http::messages::mark_read(&hub.state, p.conversation_id, user, p.seq).await
+    }
+    .await;
+    let reply = match result {
+        Ok(seq) => json!({"ok": true, "last_read_seq": seq}),
+        Err(e) => nack(&e),
+    };
+    let _ = ack.send(&reply);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypingPayload {
+    conversation_id: String,
+    typing: bool,
+}
+
+async fn on_typing(
+    socket: SocketRef,
+    State(hub): State<Arc<Hub>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+) {
+    let result = (|| {
+        let user = admit(&socket, &hub)?;
+        let p: TypingPayload = payload(data)?;
+        // Membership is the socket's room: no database round trip for an ephemeral event.
+        if !socket
+            .rooms()
+            .iter()
+            .any(|r| *r == format!("c:{}", p.conversation_id))
+        {
+            return Err(ApiError::NotFound);
+        }
+        Ok((user, p))
+    })();
+    let reply = match result {
+        Ok((user, p)) => {
+            hub.deliver_typing(&p.conversation_id, &user, p.typing);
+            hub.publish(Envelope::Typing {
+                node: hub.node.clone(),
+                conversation_id: p.conversation_id,
+                user_id: user,
+                typing: p.typing,
+            });
+            json!({"ok": true})
+        }
+        Err(e) => nack(&e),
+    };
+    let _ = ack.send(&reply);
+}
