@@ -77,8 +77,8 @@ impl Application {
             database_id,
             Arc::new(presence),
         );
-        let (realtime, hub) = realtime::start(state.clone())?;
-        realtime::start_presence(hub.clone(), global, local);
+        let (realtime, io, hub) = realtime::start(state.clone())?;
+        realtime::start_presence(io, hub.clone(), global, local);
         let _ = state.realtime.set(Arc::downgrade(&hub));
         // The hub lives as long as the server: the layer's handlers hold it.
         Ok(Application {

@@ -44,9 +44,11 @@ pub const MAX_BUFFER: usize = 256;
 struct SocketUser(String);
 
 /// Shared by every socket handler and by the delivery tasks.
+///
+/// The hub does not hold the `SocketIo` handle (which holds the hub as its state): delivery
+/// tasks and handlers get it passed, so nothing keeps a stopped server alive.
 pub struct Hub {
     state: AppState,
-    io: OnceLock<SocketIo>,
     /// Identifies this process on the bridge.
     node: String,
     bridge: OnceLock<Arc<Bridge>>,
@@ -55,11 +57,10 @@ pub struct Hub {
 }
 
 /// Builds the Socket.IO layer and its hub, and starts delivery. Must run inside tokio.
-pub fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, Arc<Hub>)> {
+pub fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, Arc<Hub>)> {
     let hub = Arc::new(Hub {
         limiter: state.config.socket_rate_limit.map(RateLimiter::new),
         node: uuid::Uuid::now_v7().to_string(),
-        io: OnceLock::new(),
         bridge: OnceLock::new(),
         state: state.clone(),
     });
@@ -72,23 +73,18 @@ pub fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, Arc<Hub>)> {
         .with_state(hub.clone())
         .build_layer();
     io.ns("/", on_connect.with(authenticate));
-    let _ = hub.io.set(io);
 
     if let Some(url) = &state.config.redis_url {
-        let h = hub.clone();
-        let bridge = Bridge::start(url, hub.node.clone(), move |env| h.remote(env))?;
+        let (h, i) = (hub.clone(), io.clone());
+        let bridge = Bridge::start(url, hub.node.clone(), move |env| h.remote(&i, env))?;
         let _ = hub.bridge.set(bridge);
         tokio::spawn(heartbeat(hub.clone()));
     }
-    tokio::spawn(forward_commits(hub.clone()));
-    Ok((layer, hub))
+    tokio::spawn(forward_commits(io.clone(), hub.clone()));
+    Ok((layer, io, hub))
 }
 
 impl Hub {
-    fn io(&self) -> &SocketIo {
-        self.io.get().expect("io is set at start")
-    }
-
     /// Whether cross-node delivery works (`None`: single node, no Redis configured).
     pub fn redis_up(&self) -> Option<bool> {
         self.bridge.get().map(|b| b.is_up())
@@ -101,18 +97,18 @@ impl Hub {
     }
 
     /// An envelope from another node.
-    fn remote(self: &Arc<Self>, env: Envelope) {
+    fn remote(self: &Arc<Self>, io: &SocketIo, env: Envelope) {
         match env {
             Envelope::Change { change, .. } => {
-                let hub = self.clone();
-                tokio::spawn(async move { hub.deliver(&change).await });
+                let (hub, io) = (self.clone(), io.clone());
+                tokio::spawn(async move { hub.deliver(&io, &change).await });
             }
             Envelope::Typing {
                 conversation_id,
                 user_id,
                 typing,
                 ..
-            } => self.deliver_typing(&conversation_id, &user_id, typing),
+            } => self.deliver_typing(io, &conversation_id, &user_id, typing),
             Envelope::Presence {
                 node,
                 user_id,
@@ -126,8 +122,15 @@ impl Hub {
 
     /// Emits one pre-serialized payload to every local socket in `room` (less `except`'s
     /// sockets). A socket whose buffer is full is dropped.
-    fn emit(&self, room: String, except: Option<String>, event: &str, payload: &RawValue) {
-        let mut op = self.io().to(room);
+    fn emit(
+        &self,
+        io: &SocketIo,
+        room: String,
+        except: Option<String>,
+        event: &str,
+        payload: &RawValue,
+    ) {
+        let mut op = io.to(room);
         if let Some(e) = except {
             op = op.except(e);
         }
@@ -144,7 +147,7 @@ impl Hub {
     }
 
     /// Delivers one committed change to the local sockets of its conversation's members.
-    async fn deliver(&self, change: &Change) {
+    async fn deliver(&self, io: &SocketIo, change: &Change) {
         let conv_room = format!("c:{}", change.conversation_id);
         let token = encode_token(&self.state.database_id, change.pos);
         let event = change.kind.as_str();
@@ -164,41 +167,54 @@ impl Hub {
                     })
                     .unwrap_or_default();
                 for m in &members {
-                    let _ = self.io().to(format!("u:{m}")).join(conv_room.clone()).await;
+                    let _ = io.to(format!("u:{m}")).join(conv_room.clone()).await;
                 }
-                self.conversation_views(change, &members, &token).await;
+                self.conversation_views(io, change, &members, &token).await;
             }
             ChangeKind::MemberJoined => {
                 if let Some(u) = &change.user_id {
-                    let _ = self.io().to(format!("u:{u}")).join(conv_room.clone()).await;
+                    let _ = io.to(format!("u:{u}")).join(conv_room.clone()).await;
                 }
-                self.emit_value(conv_room, None, event, &payload);
+                self.emit_value(io, conv_room, None, event, &payload);
             }
             ChangeKind::MemberLeft => {
                 // The member who left hears it, then nothing more.
-                self.emit_value(conv_room.clone(), None, event, &payload);
+                self.emit_value(io, conv_room.clone(), None, event, &payload);
                 if let Some(u) = &change.user_id {
-                    let _ = self.io().to(format!("u:{u}")).leave(conv_room).await;
+                    let _ = io.to(format!("u:{u}")).leave(conv_room).await;
                 }
             }
-            _ => self.emit_value(conv_room, None, event, &payload),
+            _ => self.emit_value(io, conv_room, None, event, &payload),
         }
         let lag = (Timestamp::now().0 - change.created_at.0).max(0) as f64 / 1000.0;
         metrics::histogram!("confab_fanout_latency_seconds").record(lag);
     }
 
-    fn emit_value(&self, room: String, except: Option<String>, event: &str, payload: &Value) {
+    fn emit_value(
+        &self,
+        io: &SocketIo,
+        room: String,
+        except: Option<String>,
+        event: &str,
+        payload: &Value,
+    ) {
         match serde_json::value::to_raw_value(payload) {
-            Ok(raw) => self.emit(room, except, event, &raw),
+            Ok(raw) => self.emit(io, room, except, event, &raw),
             Err(e) => tracing::error!(error = %e, "unserializable event"),
         }
     }
 
     /// `conversation.created` is the conversation as each receiver sees it: loaded per member
     /// that has a socket on this node.
-    async fn conversation_views(&self, change: &Change, members: &[String], token: &str) {
+    async fn conversation_views(
+        &self,
+        io: &SocketIo,
+        change: &Change,
+        members: &[String],
+        token: &str,
+    ) {
         for m in members {
-            if self.io().to(format!("u:{m}")).sockets().is_empty() {
+            if io.to(format!("u:{m}")).sockets().is_empty() {
                 continue;
             }
             let view = self
@@ -209,15 +225,16 @@ impl Hub {
             if let Ok(Some(c)) = view.map(|mut v| v.pop()) {
                 let mut payload = json!(c);
                 payload["sync_token"] = json!(token);
-                self.emit_value(format!("u:{m}"), None, "conversation.created", &payload);
+                self.emit_value(io, format!("u:{m}"), None, "conversation.created", &payload);
             }
         }
     }
 
-    fn deliver_typing(&self, conversation_id: &str, user_id: &str, typing: bool) {
+    fn deliver_typing(&self, io: &SocketIo, conversation_id: &str, user_id: &str, typing: bool) {
         let payload =
             json!({"conversation_id": conversation_id, "user_id": user_id, "typing": typing});
         self.emit_value(
+            io,
             format!("c:{conversation_id}"),
             Some(format!("u:{user_id}")),
             "typing",
@@ -227,12 +244,12 @@ impl Hub {
 
     /// A user's global presence changed: record `last_seen_at` and tell the users who share a
     /// direct conversation with them (their local sockets).
-    async fn announce(&self, t: Transition) {
+    async fn announce(&self, io: &SocketIo, t: Transition) {
         let now = Timestamp::now();
-        if !t.online {
-            if let Err(e) = self.state.store.set_last_seen(&t.user_id, now).await {
-                tracing::warn!(error = %e, "could not store last_seen_at");
-            }
+        if !t.online
+            && let Err(e) = self.state.store.set_last_seen(&t.user_id, now).await
+        {
+            tracing::warn!(error = %e, "could not store last_seen_at");
         }
         let partners = match self.state.store.direct_partners(&t.user_id).await {
             Ok(p) => p,
@@ -243,7 +260,7 @@ impl Hub {
         };
         let payload = json!({"user_id": t.user_id, "online": t.online, "last_seen_at": now});
         for p in partners {
-            self.emit_value(format!("u:{p}"), None, "presence", &payload);
+            self.emit_value(io, format!("u:{p}"), None, "presence", &payload);
         }
     }
 }
@@ -266,7 +283,7 @@ fn drop_slow(socket: SocketRef) {
 }
 
 /// This node's commits: delivered here, and published for the other nodes.
-async fn forward_commits(hub: Arc<Hub>) {
+async fn forward_commits(io: SocketIo, hub: Arc<Hub>) {
     let mut changes = hub.state.bus.subscribe();
     loop {
         match changes.recv().await {
@@ -275,7 +292,7 @@ async fn forward_commits(hub: Arc<Hub>) {
                     node: hub.node.clone(),
                     change: (*change).clone(),
                 });
-                hub.deliver(&change).await;
+                hub.deliver(&io, &change).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "realtime fell behind the change bus");
@@ -288,6 +305,7 @@ async fn forward_commits(hub: Arc<Hub>) {
 
 /// Starts the presence tasks: announcing transitions, telling the other nodes, heartbeats.
 pub fn start_presence(
+    io: SocketIo,
     hub: Arc<Hub>,
     mut global: tokio::sync::mpsc::UnboundedReceiver<Transition>,
     mut local: tokio::sync::mpsc::UnboundedReceiver<Transition>,
@@ -295,7 +313,7 @@ pub fn start_presence(
     let h = hub.clone();
     tokio::spawn(async move {
         while let Some(t) = global.recv().await {
-            h.announce(t).await;
+            h.announce(&io, t).await;
         }
     });
     tokio::spawn(async move {
@@ -477,6 +495,7 @@ struct TypingPayload {
 
 async fn on_typing(
     socket: SocketRef,
+    io: SocketIo,
     State(hub): State<Arc<Hub>>,
     TryData(data): TryData<Value>,
     ack: AckSender,
@@ -496,7 +515,7 @@ async fn on_typing(
     })();
     let reply = match result {
         Ok((user, p)) => {
-            hub.deliver_typing(&p.conversation_id, &user, p.typing);
+            hub.deliver_typing(&io, &p.conversation_id, &user, p.typing);
             hub.publish(Envelope::Typing {
                 node: hub.node.clone(),
                 conversation_id: p.conversation_id,

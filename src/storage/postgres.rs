@@ -25,6 +25,7 @@ impl PgStore {
             .application_name("confab");
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
+            .idle_timeout(Duration::from_secs(60))
             .acquire_timeout(db_timeout)
             .connect_with(options)
             .await?;

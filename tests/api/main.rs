@@ -8,6 +8,8 @@ mod concurrency;
 mod conversations;
 mod edge;
 mod messages;
+mod realtime;
+mod sio;
 mod storage;
 mod sweep;
 mod sync;

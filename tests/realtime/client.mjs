@@ -1,7 +1,7 @@
 // A Socket.IO client for the Rust tests: the official `socket.io-client`, driven by one JSON
 // command per line on stdin, reporting everything it sees as one JSON line on stdout.
 //
-//   {"cmd":"connect","url":"http://127.0.0.1:1234","token":"…","transports":["websocket"]}
+//   {"cmd":"connect","url":"http://127.0.0.1:1234","token":"…","transports":["websocket"],"origin"?:"…"}
 //   {"cmd":"emit","id":1,"event":"message.send","data":{…}}   -> {"type":"ack","id":1,"data":…}
 //   {"cmd":"stall"}        stop reading from the socket (a slow consumer)
 //   {"cmd":"disconnect"}
@@ -14,9 +14,11 @@ import { createInterface } from "node:readline";
 let socket = null;
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
-function connect({ url, token, transports }) {
+function connect({ url, token, transports, origin }) {
   const options = { reconnection: false, transports: transports ?? ["websocket"] };
   if (token !== undefined) options.auth = { token };
+  // A browser sends its page's origin; Node sends none unless told.
+  if (origin !== undefined) options.extraHeaders = { Origin: origin };
   socket = io(url, options);
   socket.on("connect", () => out({ type: "connected", id: socket.id }));
   socket.on("connect_error", (err) => out({ type: "connect_error", message: err.message }));
