@@ -43,6 +43,10 @@ pub const MAX_BUFFER: usize = 256;
 #[derive(Clone)]
 struct SocketUser(String);
 
+/// The conversation rooms a socket joins when it connects (a socket extension).
+#[derive(Clone)]
+struct SocketRooms(Arc<Vec<String>>);
+
 /// Shared by every socket handler and by the delivery tasks.
 ///
 /// The hub does not hold the `SocketIo` handle (which holds the hub as its state): delivery
@@ -376,6 +380,17 @@ async fn authenticate(
         Ok(UserState::Active) => {}
         _ => return Err("unauthorized"),
     }
+    // Loaded here, before the socket counts as connected, so that `on_connect` can join the
+    // rooms and register the event handlers without waiting: a client may emit as soon as it
+    // sees `connect`.
+    let rooms = match hub.state.store.conversation_ids_of(&user).await {
+        Ok(ids) => ids.into_iter().map(|c| format!("c:{c}")).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not load the socket's conversations");
+            return Err("unavailable");
+        }
+    };
+    socket.extensions.insert(SocketRooms(Arc::new(rooms)));
     socket.extensions.insert(SocketUser(user));
     Ok(())
 }
@@ -384,21 +399,16 @@ async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
     let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() else {
         return;
     };
-    socket.join(format!("u:{user}"));
-    match hub.state.store.conversation_ids_of(&user).await {
-        Ok(ids) => socket.join(
-            ids.into_iter()
-                .map(|c| format!("c:{c}"))
-                .collect::<Vec<_>>(),
-        ),
-        Err(e) => tracing::warn!(error = %e, "could not load the socket's conversations"),
-    }
-    hub.state.presence.connected(&user);
-    metrics::gauge!("confab_realtime_sockets").increment(1.0);
     socket.on("message.send", on_send);
     socket.on("read", on_read);
     socket.on("typing", on_typing);
     socket.on_disconnect(on_disconnect);
+    socket.join(format!("u:{user}"));
+    if let Some(SocketRooms(rooms)) = socket.extensions.get::<SocketRooms>() {
+        socket.join(rooms.to_vec());
+    }
+    hub.state.presence.connected(&user);
+    metrics::gauge!("confab_realtime_sockets").increment(1.0);
 }
 
 async fn on_disconnect(socket: SocketRef, State(hub): State<Arc<Hub>>, _reason: DisconnectReason) {

@@ -169,6 +169,52 @@ pub struct Committed<T> {
     pub changes: Vec<Change>,
 }
 
+/// A webhook delivery: one event for the app's backend, with its attempts.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivery {
+    /// The `webhook-id`, the same on every attempt.
+    pub id: String,
+    #[serde(skip)]
+    pub pos: i64,
+    #[serde(skip)]
+    pub conversation_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// The whole body that is sent.
+    pub payload: Value,
+    pub created_at: Timestamp,
+    pub next_attempt_at: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// The end of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    Delivered,
+    /// Failed; `retry_at` is when to try again, `None` when it is now dead.
+    Failed {
+        error: String,
+        retry_at: Option<i64>,
+    },
+}
+
+/// What the store needs to write webhook deliveries in the same transaction as the change.
+pub trait Outbox: Send + Sync {
+    /// Whether the user has a live connection on any node (for `offline_member_ids`).
+    fn is_online(&self, user: &str) -> bool;
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub messages: u64,
+    pub changes: u64,
+    pub deliveries: u64,
+}
+
 /// The storage contract. Every method is one transaction at most; every mutation records its
 /// changes in the same transaction and returns them.
 #[async_trait]
@@ -314,6 +360,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest committed change position.
     async fn last_position(&self) -> StoreResult<i64>;
+
+    /// The lowest position a sync token may have (retention deleted the changes below), and
+    /// the highest committed position, in one read.
+    async fn positions(&self) -> StoreResult<(i64, i64)>;
+
+    /// From now on, every webhook event is also written to the outbox, in its transaction.
+    fn enable_outbox(&self, outbox: Arc<dyn Outbox>);
+
+    /// Claims up to `limit` deliveries that are due, at most one per conversation (the oldest
+    /// pending one, so a conversation's events keep their order), leasing them for `lease_ms`.
+    /// Several nodes claim without taking the same delivery (`skip locked`).
+    async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Records the end of an attempt and releases the lease.
+    async fn finish_delivery(&self, id: &str, result: &AttemptResult) -> StoreResult<()>;
+
+    /// Deliveries with `status` (all when `None`), oldest first, after position `after`.
+    async fn list_deliveries(
+        &self,
+        status: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Makes a delivery due now (its attempts keep counting). NotFound if unknown.
+    async fn retry_delivery(&self, id: &str, now: i64) -> StoreResult<Delivery>;
+
+    /// Deliveries per status (for metrics).
+    async fn delivery_counts(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// Deletes up to `batch` messages, changes and finished deliveries older than `cutoff`,
+    /// in short transactions, keeping last-message fields right and raising the sync floor.
+    async fn purge_before(&self, cutoff: i64, batch: u32) -> StoreResult<Purged>;
 }
 
 pub type DynStore = Arc<dyn Store>;

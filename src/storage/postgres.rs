@@ -14,6 +14,8 @@ pub struct PgStore {
     reader: PgPool,
     /// Statements sent, for the query-count tests.
     queries: Arc<AtomicU64>,
+    /// Set when webhooks are configured: deliveries are written with the changes.
+    outbox: std::sync::OnceLock<Arc<dyn crate::storage::Outbox>>,
 }
 
 impl PgStore {
@@ -33,6 +35,7 @@ impl PgStore {
             writer: pool.clone(),
             reader: pool,
             queries: Arc::default(),
+            outbox: Default::default(),
         };
         store.migrate(super::migrate::POSTGRES).await?;
         Ok(store)
@@ -46,5 +49,6 @@ super::sql::sql_store!(
     backend = Backend::Postgres,
     begin = "begin",
     lock = "for update of c",
+    skip_locked = "for update skip locked",
     migrate_lock = "select pg_advisory_xact_lock(7419)"
 );

@@ -117,6 +117,7 @@ macro_rules! sql_store {
         backend = $backend:expr,
         begin = $begin:literal,
         lock = $lock:literal,
+        skip_locked = $skip_locked:literal,
         migrate_lock = $migrate_lock:literal
     ) => {
         use std::collections::HashMap;
@@ -135,7 +136,7 @@ macro_rules! sql_store {
             now, params, parse_json, tuples,
         };
         use $crate::storage::{
-            Actor, Backend, BatchResult, Committed, ConversationPage, ConversationPatch,
+            Actor, AttemptResult, Backend, BatchResult, Delivery, Outbox, Purged, Committed, ConversationPage, ConversationPatch,
             ListFilter, NewConversation, PageBound, Store, StoreError, StoreResult, UserState,
             WriteOp, WriteOutcome, db_error,
         };
@@ -210,6 +211,27 @@ macro_rules! sql_store {
                 user_id: r.try_get("user_id")?,
                 data: parse_json(r.try_get("data")?, Value::Null),
                 created_at: Timestamp(r.try_get("created_at")?),
+            })
+        }
+
+        const DELIVERY_COLS: &str = "delivery_id, pos, conversation_id, kind, payload, status, \
+            attempts, last_error, created_at, next_attempt_at, delivered_at";
+
+        fn delivery_from(r: &$row) -> Result<Delivery, sqlx::Error> {
+            let status: String = r.try_get("status")?;
+            let next: i64 = r.try_get("next_attempt_at")?;
+            Ok(Delivery {
+                id: r.try_get("delivery_id")?,
+                pos: r.try_get("pos")?,
+                conversation_id: r.try_get("conversation_id")?,
+                kind: r.try_get("kind")?,
+                next_attempt_at: (status == "pending").then_some(Timestamp(next)),
+                status,
+                attempts: r.try_get("attempts")?,
+                last_error: r.try_get("last_error")?,
+                payload: parse_json(r.try_get("payload")?, Value::Null),
+                created_at: Timestamp(r.try_get("created_at")?),
+                delivered_at: r.try_get::<Option<i64>, _>("delivered_at")?.map(Timestamp),
             })
         }
 
@@ -317,6 +339,11 @@ macro_rules! sql_store {
                 if pending.is_empty() {
                     return Ok(Vec::new());
                 }
+                // Who is in the conversations of new messages, read before the counter's lock.
+                let members = match self.outbox.get() {
+                    Some(_) => self.members_of_new_messages(tx, &pending).await?,
+                    None => HashMap::new(),
+                };
                 self.tick(1);
                 let n = pending.len() as i64;
                 let top: i64 = sqlx::query_scalar(
@@ -357,7 +384,102 @@ macro_rules! sql_store {
                     }
                     q.execute(&mut **tx).await.map_err(db_error)?;
                 }
+                if let Some(outbox) = self.outbox.get() {
+                    self.write_outbox(tx, &changes, &members, outbox.as_ref()).await?;
+                }
                 Ok(changes)
+            }
+
+            async fn members_of_new_messages(
+                &self,
+                tx: &mut Tx,
+                pending: &[PendingChange],
+            ) -> StoreResult<HashMap<String, Vec<String>>> {
+                let mut convs: Vec<&str> = pending
+                    .iter()
+                    .filter(|p| p.kind == ChangeKind::MessageNew)
+                    .map(|p| p.conversation_id.as_str())
+                    .collect();
+                convs.sort_unstable();
+                convs.dedup();
+                let mut out: HashMap<String, Vec<String>> = HashMap::new();
+                for chunk in convs.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "select conversation_id, user_id from members where conversation_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for c in chunk {
+                        q = q.bind(*c);
+                    }
+                    for r in q.fetch_all(&mut **tx).await.map_err(db_error)? {
+                        out.entry(r.try_get(0).map_err(db_error)?)
+                            .or_default()
+                            .push(r.try_get(1).map_err(db_error)?);
+                    }
+                }
+                Ok(out)
+            }
+
+            /// Writes one webhook delivery per announced change (all but read marks), with the
+            /// body fixed now: `message.new` carries the members with no live connection.
+            async fn write_outbox(
+                &self,
+                tx: &mut Tx,
+                changes: &[Change],
+                members: &HashMap<String, Vec<String>>,
+                outbox: &dyn Outbox,
+            ) -> StoreResult<()> {
+                let t = now();
+                let rows: Vec<(String, &Change, String)> = changes
+                    .iter()
+                    .filter(|c| c.kind != ChangeKind::Read)
+                    .map(|c| {
+                        let mut data = c.data.clone();
+                        if c.kind == ChangeKind::MessageNew {
+                            let sender = data["sender_id"].as_str().map(str::to_owned);
+                            let offline: Vec<&String> = members
+                                .get(&c.conversation_id)
+                                .map(|m| {
+                                    m.iter()
+                                        .filter(|u| Some(u.as_str()) != sender.as_deref())
+                                        .filter(|u| !outbox.is_online(u))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            data["offline_member_ids"] = json!(offline);
+                        }
+                        let body = json!({
+                            "type": c.kind.as_str(),
+                            "timestamp": c.created_at,
+                            "data": data,
+                        });
+                        (format!("msg_{}", uuid::Uuid::now_v7().simple()), c, body.to_string())
+                    })
+                    .collect();
+                for chunk in rows.chunks(100) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into webhook_deliveries (delivery_id, pos, conversation_id, kind, \
+                         payload, status, next_attempt_at, created_at) values {}",
+                        tuples(1, chunk.len(), 8)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (id, c, body) in chunk {
+                        q = q
+                            .bind(id)
+                            .bind(c.pos)
+                            .bind(&c.conversation_id)
+                            .bind(c.kind.as_str())
+                            .bind(body)
+                            .bind("pending")
+                            .bind(t)
+                            .bind(t);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+                Ok(())
             }
 
             /// Creates bare users (name = id) for ids that do not exist.
@@ -1758,6 +1880,205 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_error)?;
                 Ok(())
+            }
+
+            async fn positions(&self) -> StoreResult<(i64, i64)> {
+                self.tick(1);
+                let rows = sqlx::query(
+                    "select name, value from counters where name in ('changes', 'changes_floor')",
+                )
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_error)?;
+                let (mut floor, mut head) = (0, 0);
+                for r in rows {
+                    let name: String = r.try_get(0).map_err(db_error)?;
+                    let value: i64 = r.try_get(1).map_err(db_error)?;
+                    if name == "changes" {
+                        head = value;
+                    } else {
+                        floor = value;
+                    }
+                }
+                Ok((floor, head))
+            }
+
+            fn enable_outbox(&self, outbox: std::sync::Arc<dyn Outbox>) {
+                let _ = self.outbox.set(outbox);
+            }
+
+            async fn claim_deliveries(
+                &self,
+                now: i64,
+                lease_ms: i64,
+                limit: u32,
+            ) -> StoreResult<Vec<Delivery>> {
+                self.tick(1);
+                let sql = format!(
+                    "update webhook_deliveries set lease_until = $2 where delivery_id in ( \
+                       select d.delivery_id from webhook_deliveries d \
+                       where d.status = 'pending' and d.next_attempt_at <= $1 and d.lease_until < $1 \
+                       and not exists (select 1 from webhook_deliveries o where \
+                         o.conversation_id = d.conversation_id and o.status = 'pending' and o.pos < d.pos) \
+                       order by d.pos limit $3 {}) \
+                     returning {DELIVERY_COLS}",
+                    $skip_locked
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(now)
+                    .bind(now + lease_ms)
+                    .bind(limit as i64)
+                    .fetch_all(&self.writer)
+                    .await
+                    .map_err(db_error)?;
+                let mut out = rows.iter().map(delivery_from).collect::<Result<Vec<_>, _>>().map_err(db_error)?;
+                out.sort_by_key(|d| d.pos);
+                Ok(out)
+            }
+
+            async fn finish_delivery(&self, id: &str, result: &AttemptResult) -> StoreResult<()> {
+                self.tick(1);
+                let t = now();
+                let (status, error, next, delivered) = match result {
+                    AttemptResult::Delivered => ("delivered", None, t, Some(t)),
+                    AttemptResult::Failed { error, retry_at: Some(at) } => ("pending", Some(error.as_str()), *at, None),
+                    AttemptResult::Failed { error, retry_at: None } => ("dead", Some(error.as_str()), t, None),
+                };
+                sqlx::query(
+                    "update webhook_deliveries set status = $2, attempts = attempts + 1, \
+                     last_error = $3, next_attempt_at = $4, delivered_at = $5, lease_until = 0 \
+                     where delivery_id = $1",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(error)
+                .bind(next)
+                .bind(delivered)
+                .execute(&self.writer)
+                .await
+                .map_err(db_error)?;
+                Ok(())
+            }
+
+            async fn list_deliveries(
+                &self,
+                status: Option<&str>,
+                after: i64,
+                limit: u32,
+            ) -> StoreResult<Vec<Delivery>> {
+                self.tick(1);
+                let sql = format!(
+                    "select {DELIVERY_COLS} from webhook_deliveries \
+                     where ($1 = '' or status = $1) and pos > $2 order by pos, delivery_id limit $3"
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(status.unwrap_or(""))
+                    .bind(after)
+                    .bind(limit as i64)
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter().map(delivery_from).collect::<Result<_, _>>().map_err(db_error)
+            }
+
+            async fn retry_delivery(&self, id: &str, now: i64) -> StoreResult<Delivery> {
+                self.tick(1);
+                let sql = format!(
+                    "update webhook_deliveries set status = 'pending', next_attempt_at = $2, \
+                     lease_until = 0 where delivery_id = $1 returning {DELIVERY_COLS}"
+                );
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .bind(now)
+                    .fetch_optional(&self.writer)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or(StoreError::NotFound)?;
+                delivery_from(&row).map_err(db_error)
+            }
+
+            async fn delivery_counts(&self) -> StoreResult<Vec<(String, i64)>> {
+                self.tick(1);
+                let rows = sqlx::query("select status, count(*) from webhook_deliveries group by status")
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(db_error)
+            }
+
+            async fn purge_before(&self, cutoff: i64, batch: u32) -> StoreResult<Purged> {
+                let mut purged = Purged::default();
+                // Messages, in one short transaction: the affected conversations' last-message
+                // fields follow in the same transaction.
+                let mut tx = self.begin().await?;
+                self.tick(2);
+                let gone: Vec<String> = sqlx::query_scalar(
+                    "delete from messages where message_id in (select message_id from messages \
+                     where created_at < $1 limit $2) returning conversation_id",
+                )
+                .bind(cutoff)
+                .bind(batch as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                purged.messages = gone.len() as u64;
+                let mut convs = gone;
+                convs.sort_unstable();
+                convs.dedup();
+                for chunk in convs.chunks(500) {
+                    let sql = format!(
+                        "update conversations set last_message_id = (select m.message_id from messages m \
+                         where m.conversation_id = conversations.conversation_id order by m.seq desc limit 1) \
+                         where conversation_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for c in chunk {
+                        q = q.bind(c);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                self.commit(tx).await?;
+
+                // Changes: tokens below the highest deleted position can no longer be served.
+                let mut tx = self.begin().await?;
+                self.tick(2);
+                let deleted: Vec<i64> = sqlx::query_scalar(
+                    "delete from changes where pos in (select pos from changes \
+                     where created_at < $1 order by pos limit $2) returning pos",
+                )
+                .bind(cutoff)
+                .bind(batch as i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                purged.changes = deleted.len() as u64;
+                if let Some(top) = deleted.iter().max() {
+                    sqlx::query(
+                        "update counters set value = $1 where name = 'changes_floor' and value < $1",
+                    )
+                    .bind(*top)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                }
+                self.commit(tx).await?;
+
+                self.tick(1);
+                purged.deliveries = sqlx::query(
+                    "delete from webhook_deliveries where delivery_id in (select delivery_id from \
+                     webhook_deliveries where status <> 'pending' and created_at < $1 limit $2)",
+                )
+                .bind(cutoff)
+                .bind(batch as i64)
+                .execute(&self.writer)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+                Ok(purged)
             }
 
             async fn last_position(&self) -> StoreResult<i64> {

@@ -19,6 +19,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Statements sent, for the query-count tests.
     queries: Arc<AtomicU64>,
+    /// Set when webhooks are configured: deliveries are written with the changes.
+    outbox: std::sync::OnceLock<Arc<dyn crate::storage::Outbox>>,
 }
 
 impl SqliteStore {
@@ -43,6 +45,7 @@ impl SqliteStore {
                 .acquire_timeout(db_timeout)
                 .connect_lazy_with(base.read_only(true)),
             queries: Arc::default(),
+            outbox: Default::default(),
         };
         store.migrate(super::migrate::SQLITE).await?;
         Ok(store)
@@ -56,5 +59,6 @@ super::sql::sql_store!(
     backend = Backend::Sqlite,
     begin = "begin immediate",
     lock = "",
+    skip_locked = "",
     migrate_lock = "select 1"
 );
