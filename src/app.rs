@@ -44,6 +44,8 @@ impl Application {
 
     /// Builds on an open store (tests share one store between a server and its assertions).
     pub async fn with_store(config: Config, store: DynStore) -> anyhow::Result<Self> {
+        // TLS for outgoing requests (webhooks, the Graph API) uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (secret, generated) = jwt_secret(&config, &store).await?;
         if generated {
             // Printed once, on the start that created it; it is kept in the database.
@@ -80,6 +82,7 @@ impl Application {
         let (realtime, io, hub) = realtime::start(state.clone())?;
         realtime::start_presence(io, hub.clone(), global, local);
         let _ = state.realtime.set(Arc::downgrade(&hub));
+        crate::jobs::start(&state)?;
         // The hub lives as long as the server: the layer's handlers hold it.
         Ok(Application {
             listener,

@@ -32,6 +32,8 @@ pub struct Config {
     pub socket_rate_limit: Option<RateLimit>,
     /// How long after its last socket closes a user is announced offline.
     pub presence_grace: Duration,
+    /// How often retention runs (`CONFAB_RETENTION_INTERVAL`, an extension).
+    pub retention_interval: Duration,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -229,8 +231,18 @@ impl Config {
                 .filter(|d| *d <= Duration::from_secs(5))
                 .ok_or_else(|| bad("CONFAB_PRESENCE_GRACE", "must be a duration of at most 5s"))?,
         };
+        let retention_interval = match get("CONFAB_RETENTION_INTERVAL") {
+            None => Duration::from_secs(3600),
+            Some(v) => parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                bad(
+                    "CONFAB_RETENTION_INTERVAL",
+                    "must be a duration like 10m or 1h",
+                )
+            })?,
+        };
         Ok(Config {
             addr,
+            retention_interval,
             db_pool_size,
             allowed_origins,
             socket_rate_limit,

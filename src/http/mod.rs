@@ -10,6 +10,7 @@ pub mod openapi;
 mod ops;
 pub mod sync;
 mod users;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .merge(conversations::router())
         .merge(messages::router())
         .merge(sync::router())
+        .merge(webhooks::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

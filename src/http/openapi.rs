@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{conversations, messages, ops, sync, users};
+use super::{conversations, messages, ops, sync, users, webhooks};
 use crate::domain::{ChangeKind, Conversation, Member, Message, SendInput, Timestamp, User};
 
 const DESCRIPTION: &str = r#"Confab, a chat backend. This document is generated from the code and is the complete reference
@@ -82,6 +82,8 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
         messages::remove,
         messages::unread,
         sync::sync,
+        webhooks::list,
+        webhooks::retry,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -124,6 +126,7 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
         (name = "conversations", description = "Conversations, their members and tags"),
         (name = "messages", description = "Sending, paging, editing and deleting messages; read state"),
         (name = "sync", description = "Gap-free catch-up from the change log"),
+        (name = "webhooks", description = "The webhook outbox (Standard Webhooks): deliveries, retries"),
         (name = "ops", description = "Health, readiness, metrics and this document; no auth"),
     )
 )]
@@ -475,6 +478,8 @@ mod tests {
         ("delete", "/v1/messages/{id}"),
         ("get", "/v1/unread"),
         ("get", "/v1/sync"),
+        ("get", "/v1/webhooks/deliveries"),
+        ("post", "/v1/webhooks/deliveries/{id}/retry"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),

@@ -92,8 +92,9 @@ async fn sync(
     }
     // The position "now" is read first: every change at or below it has committed (positions
     // are visible in order), so resuming from it after an empty page skips nothing.
-    let upto = state.store.last_position().await?;
-    if after > upto {
+    // Below the floor, retention has deleted changes the client has not seen.
+    let (floor, upto) = state.store.positions().await?;
+    if after > upto || after < floor {
         return Err(ApiError::ResyncRequired);
     }
     let changes = state

@@ -324,3 +324,23 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// Runs raw SQL on a test database (to backdate rows, for instance).
+pub async fn exec_sql(db: Db, url: &str, sql: &str) {
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+}
