@@ -80,6 +80,11 @@ async fn handshake_auth_and_transports(db: Db) {
     )
     .await
     .expect("allowed origin");
+    // An app's client with no option but `auth`: long-polling, upgraded to WebSocket.
+    let mut plain = SioClient::connect(&app.base, Some(&app.user("ann")), "default")
+        .await
+        .expect("default options connect");
+    assert_eq!(plain.upgraded().await, "websocket");
     // Long-polling works as well as WebSocket.
     let g = app.conversation("ann", "group", &["bob"]).await;
     let mut polling = SioClient::connect(&app.base, Some(&app.user("bob")), "polling")

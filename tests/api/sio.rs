@@ -44,7 +44,8 @@ pub struct SioClient {
 
 impl SioClient {
     /// Connects with `auth: {token}` (no auth at all when `None`) over `transport`
-    /// (`websocket` or `polling`). `Err` carries the `connect_error` message.
+    /// (`websocket`, `polling`, or `default`: no option but `auth`, as an app would).
+    /// `Err` carries the `connect_error` message.
     pub async fn connect(
         base: &str,
         token: Option<&str>,
@@ -87,7 +88,11 @@ impl SioClient {
             backlog: Vec::new(),
             next_id: 0,
         };
-        let mut cmd = json!({"cmd": "connect", "url": base, "transports": [transport]});
+        let mut cmd = if transport == "default" {
+            json!({"cmd": "connect", "url": base, "plain": true})
+        } else {
+            json!({"cmd": "connect", "url": base, "transports": [transport]})
+        };
         if let Some(t) = token {
             cmd["token"] = json!(t);
         }
@@ -150,6 +155,12 @@ impl SioClient {
         self.send(json!({"cmd": "emit", "id": id, "event": event, "data": data}))
             .await;
         self.take(|v| v["type"] == "ack" && v["id"] == id).await["data"].clone()
+    }
+
+    /// Waits for the Engine.IO upgrade (long-polling to WebSocket); returns the transport.
+    pub async fn upgraded(&mut self) -> String {
+        let v = self.take(|v| v["type"] == "upgraded").await;
+        v["transport"].as_str().unwrap_or_default().to_owned()
     }
 
     /// The next server event named `event` (others are kept for later).

@@ -12,7 +12,11 @@ use confab::storage::{
 use crate::both;
 use crate::helpers::{Db, fresh_database, spawn_app};
 
-both!(store_contract, listing_query_count_is_bounded);
+both!(
+    store_contract,
+    listing_query_count_is_bounded,
+    outbox_leases
+);
 
 async fn open(db: Db) -> DynStore {
     let url = fresh_database(db).await;
@@ -357,4 +361,69 @@ async fn listing_query_count_is_bounded(db: Db) {
         plain[0] <= 7,
         "a listing costs at most 7 queries: {counts:?}"
     );
+}
+
+/// The outbox: deliveries are written with their change, claimed with a lease, one per
+/// conversation at a time, and claimed again once the lease of a dead worker expires.
+async fn outbox_leases(db: Db) {
+    struct NobodyOnline;
+    impl confab::storage::Outbox for NobodyOnline {
+        fn is_online(&self, _: &str) -> bool {
+            false
+        }
+    }
+    let s = open(db).await;
+    s.enable_outbox(std::sync::Arc::new(NobodyOnline));
+    let (g, _) = s
+        .create_conversation(&group(&["a", "b"], Some("a")))
+        .await
+        .unwrap()
+        .value;
+    s.write_batch(&[send(&g, "a", "1"), send(&g, "a", "2")])
+        .await
+        .unwrap();
+    let (h, _) = s
+        .create_conversation(&group(&["a"], None))
+        .await
+        .unwrap()
+        .value;
+    let now = confab::domain::Timestamp::now().0;
+    // One per conversation: g's creation and h's creation, not g's messages yet.
+    let first = s.claim_deliveries(now, 1_000, 10).await.unwrap();
+    let kinds: Vec<&str> = first.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, ["conversation.created", "conversation.created"]);
+    // Leased: nothing more to claim until the lease ends or the attempt is recorded.
+    assert!(s.claim_deliveries(now, 1_000, 10).await.unwrap().is_empty());
+    // The worker "dies"; after the lease, the same delivery is claimed again.
+    let again = s.claim_deliveries(now + 1_001, 1_000, 10).await.unwrap();
+    assert_eq!(
+        again.iter().map(|d| &d.id).collect::<Vec<_>>(),
+        first.iter().map(|d| &d.id).collect::<Vec<_>>()
+    );
+    // Recorded: the next of g's events comes up, with offline members in the body.
+    s.finish_delivery(&again[0].id, &confab::storage::AttemptResult::Delivered)
+        .await
+        .unwrap();
+    let next = s.claim_deliveries(now + 2_002, 1_000, 10).await.unwrap();
+    let msg = next
+        .iter()
+        .find(|d| d.kind == "message.new")
+        .expect("g's first message");
+    assert_eq!(msg.payload["data"]["offline_member_ids"], json!(["b"]));
+    assert_eq!(msg.payload["data"]["seq"], 1);
+    let failed = confab::storage::AttemptResult::Failed {
+        error: "HTTP 500".into(),
+        retry_at: None,
+    };
+    s.finish_delivery(&msg.id, &failed).await.unwrap();
+    let dead = s.list_deliveries(Some("dead"), 0, 10).await.unwrap();
+    assert_eq!((dead.len(), dead[0].attempts), (1, 1));
+    assert_eq!(
+        s.retry_delivery(&msg.id, now).await.unwrap().status,
+        "pending"
+    );
+    assert!(matches!(
+        s.retry_delivery("nope", now).await,
+        Err(StoreError::NotFound)
+    ));
 }

@@ -14,13 +14,16 @@ import { createInterface } from "node:readline";
 let socket = null;
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
-function connect({ url, token, transports, origin }) {
-  const options = { reconnection: false, transports: transports ?? ["websocket"] };
+function connect({ url, token, transports, origin, plain }) {
+  // `plain`: exactly what an app would write, `io(url, { auth })`, with the client's defaults
+  // (long-polling first, then the upgrade to WebSocket).
+  const options = plain ? {} : { reconnection: false, transports: transports ?? ["websocket"] };
   if (token !== undefined) options.auth = { token };
   // A browser sends its page's origin; Node sends none unless told.
   if (origin !== undefined) options.extraHeaders = { Origin: origin };
   socket = io(url, options);
   socket.on("connect", () => out({ type: "connected", id: socket.id }));
+  socket.io.engine?.on?.("upgrade", (t) => out({ type: "upgraded", transport: t.name }));
   socket.on("connect_error", (err) => out({ type: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ type: "disconnect", reason }));
   socket.onAny((event, data) => out({ type: "event", event, data }));
