@@ -34,6 +34,9 @@ pub struct Config {
     pub presence_grace: Duration,
     /// How often retention runs (`CONFAB_RETENTION_INTERVAL`, an extension).
     pub retention_interval: Duration,
+    /// How long a node holds a source job between checkpoints before another node may resume
+    /// it (`CONFAB_JOB_LEASE`, an extension).
+    pub job_lease: Duration,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -240,9 +243,16 @@ impl Config {
                 )
             })?,
         };
+        let job_lease = match get("CONFAB_JOB_LEASE") {
+            None => Duration::from_secs(30),
+            Some(v) => parse_duration(&v)
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| bad("CONFAB_JOB_LEASE", "must be a duration of at least 1s"))?,
+        };
         Ok(Config {
             addr,
             retention_interval,
+            job_lease,
             db_pool_size,
             allowed_origins,
             socket_rate_limit,

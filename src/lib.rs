@@ -7,6 +7,7 @@
 //! - `storage`: the `Store` trait and its SQLite and PostgreSQL implementations (all SQL is here);
 //! - `write_path`: the batcher that commits concurrent writes together;
 //! - `http`: the axum edge (auth, errors, handlers, ops endpoints);
+//! - `import`: bulk NDJSON import and the Facebook Messenger source;
 //! - `jobs`: background work: webhook delivery from the outbox, retention;
 //! - `realtime`: Socket.IO delivery, client events, presence, the Redis bridge between nodes;
 //! - `app`: wiring: build, bind, run until stopped;
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod import;
 pub mod jobs;
 pub mod realtime;
 pub mod storage;

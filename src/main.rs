@@ -24,6 +24,18 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Import an NDJSON file (users, conversations, messages) into the configured database, or
+    /// into a running server with --url and --token. Shows progress; prints the summary.
+    Import {
+        /// The NDJSON file (one record a line).
+        file: std::path::PathBuf,
+        /// A running server to send it to, like http://127.0.0.1:8080.
+        #[arg(long, requires = "token")]
+        url: Option<String>,
+        /// A server token for --url.
+        #[arg(long, requires = "url")]
+        token: Option<String>,
+    },
     /// Print a token signed with the configured (or database-kept) secret.
     Token {
         /// The user the token acts as.
@@ -74,6 +86,19 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Migrate => {
             confab::storage::open(&config).await?;
             eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Import { file, url, token } => {
+            let summary = match (url, token) {
+                (Some(url), Some(token)) => {
+                    confab::import::cli::to_server(&file, &url, &token).await?
+                }
+                _ => {
+                    let store = confab::storage::open(&config).await?;
+                    confab::import::cli::to_database(&file, &store).await?
+                }
+            };
+            println!("{summary}");
             Ok(())
         }
         Command::Token {

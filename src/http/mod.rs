@@ -4,6 +4,8 @@
 mod conversations;
 pub mod error;
 mod extract;
+mod import;
+mod jobs;
 pub mod limit;
 pub mod messages;
 pub mod openapi;
@@ -59,6 +61,8 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// The realtime hub, once started (weak: the hub holds this state).
     pub realtime: Arc<OnceLock<Weak<Hub>>>,
+    /// Imports and source jobs running at once.
+    pub import_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -87,6 +91,7 @@ impl AppState {
             database_id: database_id.into(),
             presence,
             realtime: Arc::default(),
+            import_slots: Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
 
@@ -122,6 +127,8 @@ pub fn router(state: AppState) -> Router {
         .merge(messages::router())
         .merge(sync::router())
         .merge(webhooks::router())
+        .merge(import::router())
+        .merge(jobs::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{conversations, messages, ops, sync, users, webhooks};
+use super::{conversations, import, jobs, messages, ops, sync, users, webhooks};
 use crate::domain::{ChangeKind, Conversation, Member, Message, SendInput, Timestamp, User};
 
 const DESCRIPTION: &str = r#"Confab, a chat backend. This document is generated from the code and is the complete reference
@@ -84,6 +84,10 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
         sync::sync,
         webhooks::list,
         webhooks::retry,
+        import::import,
+        jobs::messenger_sync,
+        jobs::job,
+        jobs::events,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -126,6 +130,7 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
         (name = "conversations", description = "Conversations, their members and tags"),
         (name = "messages", description = "Sending, paging, editing and deleting messages; read state"),
         (name = "sync", description = "Gap-free catch-up from the change log"),
+        (name = "import", description = "Bulk NDJSON import, the Messenger source and its jobs"),
         (name = "webhooks", description = "The webhook outbox (Standard Webhooks): deliveries, retries"),
         (name = "ops", description = "Health, readiness, metrics and this document; no auth"),
     )
@@ -479,6 +484,10 @@ mod tests {
         ("get", "/v1/unread"),
         ("get", "/v1/sync"),
         ("get", "/v1/webhooks/deliveries"),
+        ("post", "/v1/import"),
+        ("post", "/v1/sources/messenger/sync"),
+        ("get", "/v1/jobs/{id}"),
+        ("get", "/v1/jobs/{id}/events"),
         ("post", "/v1/webhooks/deliveries/{id}/retry"),
         ("get", "/healthz"),
         ("get", "/readyz"),

@@ -37,6 +37,8 @@ pub fn start(state: &AppState) -> anyhow::Result<()> {
         tokio::spawn(webhooks::run(state.store.clone(), hooks, state.bus.clone()));
         tokio::spawn(webhooks::gauges(state.store.clone()));
     }
+    // Source jobs whose node stopped are resumed from their checkpoint.
+    tokio::spawn(crate::import::messenger::resume_stale(state.clone()));
     if let Some(days) = config.retention_days {
         tokio::spawn(retention(
             state.store.clone(),

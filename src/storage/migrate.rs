@@ -1,34 +1,26 @@
-//! Schema migrations, embedded in the binary: one ordered list per backend, each applied once in
-//! its own transaction and recorded in `confab_migrations`.
+//! Schema migrations, embedded in the binary: one ordered list per backend, applied in one
+//! transaction at start and recorded in `confab_migrations`.
 
 /// `(version, name, sql)`, in order.
 pub type Migration = (i64, &'static str, &'static str);
 
-pub const SQLITE: &[Migration] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    ),
-    (
-        2,
-        "webhooks",
-        include_str!("../../migrations/sqlite/0002_webhooks.sql"),
-    ),
-];
+macro_rules! migrations {
+    ($dir:literal: $(($v:literal, $name:literal, $file:literal)),* $(,)?) => {
+        &[$(($v, $name, include_str!(concat!("../../migrations/", $dir, "/", $file)))),*]
+    };
+}
 
-pub const POSTGRES: &[Migration] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "webhooks",
-        include_str!("../../migrations/postgres/0002_webhooks.sql"),
-    ),
-];
+pub const SQLITE: &[Migration] = migrations!("sqlite":
+    (1, "init", "0001_init.sql"),
+    (2, "webhooks", "0002_webhooks.sql"),
+    (3, "jobs", "0003_jobs.sql"),
+);
+
+pub const POSTGRES: &[Migration] = migrations!("postgres":
+    (1, "init", "0001_init.sql"),
+    (2, "webhooks", "0002_webhooks.sql"),
+    (3, "jobs", "0003_jobs.sql"),
+);
 
 pub const CREATE_TABLE: &str = "create table if not exists confab_migrations (
     version bigint primary key, name text not null, applied_at bigint not null)";

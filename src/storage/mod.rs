@@ -215,6 +215,75 @@ pub struct Purged {
     pub deliveries: u64,
 }
 
+/// A conversation record of an import.
+#[derive(Debug, Clone)]
+pub struct ImportConversation {
+    pub line: usize,
+    pub external_id: String,
+    pub kind: String,
+    pub member_ids: Vec<String>,
+    pub name: Option<String>,
+    pub image_url: Option<String>,
+    pub custom: Value,
+    pub tags: Vec<String>,
+    pub created_at: Option<i64>,
+}
+
+/// A message record of an import.
+#[derive(Debug, Clone)]
+pub struct ImportMessage {
+    pub line: usize,
+    pub conversation_external_id: String,
+    pub external_id: String,
+    pub sender_id: Option<String>,
+    pub kind: String,
+    pub text: Option<String>,
+    pub encrypted: Option<Value>,
+    pub attachments: Value,
+    pub custom: Value,
+    pub created_at: i64,
+    /// Counts as unread for the other members (imported messages are read by default).
+    pub unread: bool,
+}
+
+/// Validated records of one import batch, in file order per kind.
+#[derive(Debug, Clone, Default)]
+pub struct ImportBatch {
+    pub users: Vec<(usize, UserInput)>,
+    pub conversations: Vec<ImportConversation>,
+    pub messages: Vec<ImportMessage>,
+}
+
+/// What a batch did: records accepted (created or already present) and bad lines.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOutcome {
+    pub users: u64,
+    pub conversations: u64,
+    pub messages: u64,
+    /// Conversations written (new, or with new messages).
+    pub upserted: u64,
+    pub errors: Vec<(usize, String, &'static str)>,
+}
+
+/// A background job (the Messenger source) as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    #[serde(skip)]
+    pub params: Value,
+    #[serde(skip)]
+    pub checkpoint: Option<String>,
+    pub fetched: i64,
+    pub upserted: i64,
+    pub messages: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 /// The storage contract. Every method is one transaction at most; every mutation records its
 /// changes in the same transaction and returns them.
 #[async_trait]
@@ -357,6 +426,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records when `user` was last seen online.
     async fn set_last_seen(&self, user: &str, at: Timestamp) -> StoreResult<()>;
+
+    /// Writes one import batch in one transaction with bulk statements, idempotent on user ids
+    /// and external ids. Messages get seqs in `created_at` order (see docs/import.md).
+    async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>>;
+
+    /// Creates a running job leased to the caller for `lease_ms`.
+    async fn create_job(&self, kind: &str, params: &Value, lease_ms: i64) -> StoreResult<Job>;
+
+    /// One job. NotFound if unknown.
+    async fn job(&self, id: &str) -> StoreResult<Job>;
+
+    /// Records progress (counts, checkpoint, status, error) and renews the lease.
+    async fn update_job(&self, job: &Job, lease_ms: i64) -> StoreResult<()>;
+
+    /// Claims running jobs whose lease expired (their node stopped), for `lease_ms`.
+    async fn claim_stale_jobs(&self, now: i64, lease_ms: i64) -> StoreResult<Vec<Job>>;
 
     /// The highest committed change position.
     async fn last_position(&self) -> StoreResult<i64>;

@@ -10,23 +10,27 @@
 use crate::domain::{ChangeKind, Timestamp};
 use serde_json::Value;
 
-/// `$a,$a+1,…` for `n` parameters starting at `$a`.
-pub(crate) fn params(start: usize, n: usize) -> String {
+/// `$a,$a+1,…` for `n` parameters starting at `$a` (`prefix` `$`), or `?a,…` (`?`).
+///
+/// SQLite looks named parameters (`$N`) up by a linear search while preparing, which makes a
+/// statement with thousands of them quadratic; numbered ones (`?N`) are direct. PostgreSQL
+/// takes `$N` only.
+pub(crate) fn params_with(prefix: char, start: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 4);
     for i in 0..n {
         if i > 0 {
             s.push(',');
         }
-        s.push('$');
+        s.push(prefix);
         s.push_str(&(start + i).to_string());
     }
     s
 }
 
 /// `($1,$2),($3,$4)` for `rows` tuples of `cols` parameters starting at `$start`.
-pub(crate) fn tuples(start: usize, rows: usize, cols: usize) -> String {
+pub(crate) fn tuples_with(prefix: char, start: usize, rows: usize, cols: usize) -> String {
     (0..rows)
-        .map(|r| format!("({})", params(start + r * cols, cols)))
+        .map(|r| format!("({})", params_with(prefix, start + r * cols, cols)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -46,6 +50,21 @@ pub(crate) struct PendingChange {
     pub kind: ChangeKind,
     pub user_id: Option<String>,
     pub data: Value,
+}
+
+/// A message row written by the bulk import path.
+pub(crate) struct ImportRow {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub sender_id: Option<String>,
+    pub kind: String,
+    pub text: Option<String>,
+    pub encrypted: Option<String>,
+    pub attachments: String,
+    pub custom: String,
+    pub external_id: String,
+    pub created_at: i64,
 }
 
 /// Escapes `%`, `_` and `\` for a `like … escape '\'` pattern and wraps it in `%…%`.
@@ -118,7 +137,8 @@ macro_rules! sql_store {
         begin = $begin:literal,
         lock = $lock:literal,
         skip_locked = $skip_locked:literal,
-        migrate_lock = $migrate_lock:literal
+        migrate_lock = $migrate_lock:literal,
+        placeholder = $ph:literal
     ) => {
         use std::collections::HashMap;
         use std::sync::atomic::Ordering;
@@ -132,11 +152,20 @@ macro_rules! sql_store {
             UserInput,
         };
         use $crate::storage::sql::{
-            CONV_COLS, ConvRow, MSG_COLS, PendingChange, USER_COLS, json_text, like_pattern,
-            now, params, parse_json, tuples,
+            CONV_COLS, ConvRow, ImportRow, MSG_COLS, PendingChange, USER_COLS, json_text, like_pattern,
+            now, parse_json,
         };
+
+        fn params(start: usize, n: usize) -> String {
+            $crate::storage::sql::params_with($ph, start, n)
+        }
+
+        fn tuples(start: usize, rows: usize, cols: usize) -> String {
+            $crate::storage::sql::tuples_with($ph, start, rows, cols)
+        }
         use $crate::storage::{
-            Actor, AttemptResult, Backend, BatchResult, Delivery, Outbox, Purged, Committed, ConversationPage, ConversationPatch,
+            Actor, AttemptResult, Backend, BatchResult, Delivery, ImportBatch, ImportOutcome, Job, Outbox,
+            Purged, Committed, ConversationPage, ConversationPatch,
             ListFilter, NewConversation, PageBound, Store, StoreError, StoreResult, UserState,
             WriteOp, WriteOutcome, db_error,
         };
@@ -232,6 +261,27 @@ macro_rules! sql_store {
                 payload: parse_json(r.try_get("payload")?, Value::Null),
                 created_at: Timestamp(r.try_get("created_at")?),
                 delivered_at: r.try_get::<Option<i64>, _>("delivered_at")?.map(Timestamp),
+            })
+        }
+
+        const JOB_COLS: &str = "job_id, kind, status, params, checkpoint, fetched, upserted, \
+            messages, error, created_at, updated_at";
+
+        fn job_from(r: &$row) -> Result<Job, sqlx::Error> {
+            Ok(Job {
+                id: r.try_get("job_id")?,
+                kind: r.try_get("kind")?,
+                status: r.try_get("status")?,
+                params: parse_json(r.try_get("params")?, Value::Null),
+                checkpoint: r.try_get("checkpoint")?,
+                fetched: r.try_get("fetched")?,
+                upserted: r.try_get("upserted")?,
+                messages: r.try_get("messages")?,
+                error: r
+                    .try_get::<Option<String>, _>("error")?
+                    .and_then(|e| serde_json::from_str(&e).ok()),
+                created_at: Timestamp(r.try_get("created_at")?),
+                updated_at: Timestamp(r.try_get("updated_at")?),
             })
         }
 
@@ -735,6 +785,93 @@ macro_rules! sql_store {
                 Ok(WriteOutcome::Read {
                     last_read_seq: target,
                 })
+            }
+
+            /// Makes room for imported messages older than some already in the conversation:
+            /// every message is renumbered in (created_at, then existing order) order, read
+            /// positions follow their message, and the seqs of `msgs` (in their order) are
+            /// returned. The rare path of an import; one statement per moved row.
+            async fn renumber(
+                &self,
+                tx: &mut Tx,
+                conv: &str,
+                msgs: &[&$crate::storage::ImportMessage],
+            ) -> StoreResult<Vec<i64>> {
+                self.tick(1);
+                let existing: Vec<(String, i64, i64)> = sqlx::query(
+                    "select message_id, created_at, seq from messages where conversation_id = $1 order by seq",
+                )
+                .bind(conv)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db_error)?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(db_error)?;
+                // (created_at, 0 = existing / 1 = new, order within its kind, index)
+                let mut all: Vec<(i64, u8, usize)> = existing
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.1, 0, i))
+                    .chain(msgs.iter().enumerate().map(|(i, m)| (m.created_at, 1, i)))
+                    .collect();
+                all.sort();
+                let mut new_seqs = vec![0i64; msgs.len()];
+                let mut moved: Vec<(usize, i64)> = Vec::new();
+                for (pos, (_, kind, i)) in all.iter().enumerate() {
+                    let seq = pos as i64 + 1;
+                    if *kind == 1 {
+                        new_seqs[*i] = seq;
+                    } else if existing[*i].2 != seq {
+                        moved.push((*i, seq));
+                    }
+                }
+                self.tick(1);
+                // Out of the way first (negative), so no two rows share a seq on the way.
+                sqlx::query("update messages set seq = -seq where conversation_id = $1 and seq > 0")
+                    .bind(conv)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                let mut map: HashMap<i64, i64> = existing.iter().map(|e| (e.2, e.2)).collect();
+                for (i, seq) in &moved {
+                    map.insert(existing[*i].2, *seq);
+                }
+                for (old, new) in &map {
+                    self.tick(1);
+                    sqlx::query("update messages set seq = $3 where conversation_id = $1 and seq = $2")
+                        .bind(conv)
+                        .bind(-old)
+                        .bind(new)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_error)?;
+                }
+                self.tick(1);
+                let readers: Vec<(String, i64)> =
+                    sqlx::query("select user_id, last_read_seq from members where conversation_id = $1")
+                        .bind(conv)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(db_error)?
+                        .iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(db_error)?;
+                for (user, read) in readers {
+                    if let Some(new) = map.get(&read).filter(|n| **n != read) {
+                        self.tick(1);
+                        sqlx::query("update members set last_read_seq = $3 where conversation_id = $1 and user_id = $2")
+                            .bind(conv)
+                            .bind(&user)
+                            .bind(new)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(db_error)?;
+                    }
+                }
+                Ok(new_seqs)
             }
 
             async fn tags_of(&self, tx: &mut Tx, id: &str) -> StoreResult<Vec<String>> {
@@ -2079,6 +2216,399 @@ macro_rules! sql_store {
                 .map_err(db_error)?
                 .rows_affected();
                 Ok(purged)
+            }
+
+            async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>> {
+                let mut out = ImportOutcome::default();
+                let t = now();
+                let mut tx = self.begin().await?;
+                let mut pending: Vec<PendingChange> = Vec::new();
+
+                // Users: new ones with their fields; existing ones are left as they are.
+                for chunk in batch.users.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into users (user_id, name, image_url, kind, custom, created_at, updated_at) \
+                         values {} on conflict (user_id) do nothing",
+                        tuples(1, chunk.len(), 7)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (_, u) in chunk {
+                        q = q
+                            .bind(&u.id)
+                            .bind(u.name.clone().unwrap_or_else(|| u.id.clone()))
+                            .bind(u.image_url.clone().flatten())
+                            .bind(u.kind.clone().unwrap_or_else(|| "user".into()))
+                            .bind(u.custom.as_ref().map(json_text).unwrap_or_else(|| "{}".into()))
+                            .bind(t)
+                            .bind(t);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                out.users = batch.users.len() as u64;
+                let referenced: Vec<String> = batch
+                    .conversations
+                    .iter()
+                    .flat_map(|c| c.member_ids.iter().cloned())
+                    .chain(batch.messages.iter().filter_map(|m| m.sender_id.clone()))
+                    .collect();
+                self.ensure_users(&mut tx, &referenced).await?;
+
+                // Conversations: insert the new ones in bulk, then resolve every external id.
+                // external id -> (id, last_seq, last_message_at)
+                let mut convs: HashMap<String, (String, i64, Option<i64>)> = HashMap::new();
+                let mut created: Vec<(String, &$crate::storage::ImportConversation)> = Vec::new();
+                for chunk in batch.conversations.chunks(200) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into conversations (conversation_id, kind, name, image_url, external_id, \
+                         direct_key, custom, member_count, activity_at, created_at, updated_at) values {} \
+                         on conflict do nothing returning conversation_id, external_id",
+                        tuples(1, chunk.len(), 11)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    let mut ids = HashMap::new();
+                    for c in chunk {
+                        let id = new_id();
+                        let at = c.created_at.unwrap_or(t);
+                        let direct_key = (c.kind == "direct").then(|| {
+                            let mut pair: Vec<&str> = c.member_ids.iter().map(String::as_str).collect();
+                            pair.sort_unstable();
+                            pair.join(" ")
+                        });
+                        q = q
+                            .bind(id.clone())
+                            .bind(&c.kind)
+                            .bind(c.name.as_deref())
+                            .bind(c.image_url.as_deref())
+                            .bind(&c.external_id)
+                            .bind(direct_key)
+                            .bind(json_text(&c.custom))
+                            .bind(c.member_ids.len() as i64)
+                            .bind(at)
+                            .bind(at)
+                            .bind(at);
+                        ids.insert(c.external_id.clone(), c);
+                    }
+                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
+                        let id: String = r.try_get(0).map_err(db_error)?;
+                        let ext: String = r.try_get(1).map_err(db_error)?;
+                        if let Some(c) = ids.get(&ext) {
+                            convs.insert(ext.clone(), (id.clone(), 0, None));
+                            created.push((id, c));
+                        }
+                    }
+                }
+                if !created.is_empty() {
+                    let rows: Vec<(&str, &str, &str, i64)> = created
+                        .iter()
+                        .flat_map(|(id, c)| {
+                            let at = c.created_at.unwrap_or(t);
+                            c.member_ids.iter().map(move |m| (id.as_str(), m.as_str(), "member", at))
+                        })
+                        .collect();
+                    for chunk in rows.chunks(1000) {
+                        self.tick(1);
+                        let sql = format!(
+                            "insert into members (conversation_id, user_id, role, joined_at) values {} \
+                             on conflict do nothing",
+                            tuples(1, chunk.len(), 4)
+                        );
+                        let mut q = sqlx::query(AssertSqlSafe(sql));
+                        for (c, u, role, at) in chunk {
+                            q = q.bind(*c).bind(*u).bind(*role).bind(*at);
+                        }
+                        q.execute(&mut *tx).await.map_err(db_error)?;
+                    }
+                    let tags: Vec<(&str, &str)> = created
+                        .iter()
+                        .flat_map(|(id, c)| c.tags.iter().map(move |tag| (id.as_str(), tag.as_str())))
+                        .collect();
+                    for chunk in tags.chunks(1000) {
+                        self.tick(1);
+                        let sql = format!(
+                            "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
+                            tuples(1, chunk.len(), 2)
+                        );
+                        let mut q = sqlx::query(AssertSqlSafe(sql));
+                        for (c, tag) in chunk {
+                            q = q.bind(*c).bind(*tag);
+                        }
+                        q.execute(&mut *tx).await.map_err(db_error)?;
+                    }
+                    for (id, c) in &created {
+                        let at = c.created_at.unwrap_or(t);
+                        let mut tags = c.tags.clone();
+                        tags.sort();
+                        tags.dedup();
+                        pending.push(PendingChange {
+                            conversation_id: id.clone(),
+                            kind: ChangeKind::ConversationCreated,
+                            user_id: None,
+                            data: json!({
+                                "id": id, "type": c.kind, "name": c.name, "image_url": c.image_url,
+                                "created_by": Value::Null, "external_id": c.external_id,
+                                "custom": c.custom, "tags": tags,
+                                "member_count": c.member_ids.len(), "last_seq": 0,
+                                "created_at": Timestamp(at), "updated_at": Timestamp(at),
+                                "last_message_at": Value::Null, "member_ids": c.member_ids,
+                            }),
+                        });
+                    }
+                    out.upserted += created.len() as u64;
+                }
+                // Every external id this batch names, existing or just made.
+                let mut wanted: Vec<&str> = batch
+                    .conversations
+                    .iter()
+                    .map(|c| c.external_id.as_str())
+                    .chain(batch.messages.iter().map(|m| m.conversation_external_id.as_str()))
+                    .filter(|e| !convs.contains_key(*e))
+                    .collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                for chunk in wanted.chunks(1000) {
+                    self.tick(1);
+                    let sql = format!(
+                        "select conversation_id, external_id, last_seq, last_message_at from conversations \
+                         where external_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for e in chunk {
+                        q = q.bind(*e);
+                    }
+                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
+                        convs.insert(
+                            r.try_get(1).map_err(db_error)?,
+                            (r.try_get(0).map_err(db_error)?, r.try_get(2).map_err(db_error)?, r.try_get(3).map_err(db_error)?),
+                        );
+                    }
+                }
+                // A direct record whose pair already has a conversation under another external
+                // id (or none) is that conversation.
+                for c in &batch.conversations {
+                    if convs.contains_key(&c.external_id) {
+                        out.conversations += 1;
+                        continue;
+                    }
+                    if c.kind == "direct" {
+                        let mut pair: Vec<&str> = c.member_ids.iter().map(String::as_str).collect();
+                        pair.sort_unstable();
+                        self.tick(1);
+                        let found = sqlx::query(
+                            "select conversation_id, last_seq, last_message_at from conversations where direct_key = $1",
+                        )
+                        .bind(pair.join(" "))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                        if let Some(r) = found {
+                            convs.insert(
+                                c.external_id.clone(),
+                                (r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
+                            );
+                            out.conversations += 1;
+                            continue;
+                        }
+                    }
+                    out.errors.push((c.line, "external_id is taken by a conversation of another kind".into(), "external_id"));
+                }
+
+                // Messages: skip the ones already imported, then give the new ones seqs in
+                // created_at order, per conversation.
+                let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+                let ext_ids: Vec<&str> = batch.messages.iter().map(|m| m.external_id.as_str()).collect();
+                for chunk in ext_ids.chunks(1000) {
+                    self.tick(1);
+                    let sql = format!(
+                        "select external_id from messages where external_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+                    for e in chunk {
+                        q = q.bind(*e);
+                    }
+                    known.extend(q.fetch_all(&mut *tx).await.map_err(db_error)?);
+                }
+                let mut groups: HashMap<&str, Vec<&$crate::storage::ImportMessage>> = HashMap::new();
+                for m in &batch.messages {
+                    let Some((conv, _, _)) = convs.get(&m.conversation_external_id) else {
+                        out.errors.push((m.line, "no conversation has this external id".into(), "conversation_external_id"));
+                        continue;
+                    };
+                    out.messages += 1;
+                    if known.insert(m.external_id.clone()) {
+                        groups.entry(conv.as_str()).or_default().push(m);
+                    }
+                }
+                let by_id: HashMap<&str, (i64, Option<i64>)> =
+                    convs.values().map(|(id, seq, at)| (id.as_str(), (*seq, *at))).collect();
+                let mut rows: Vec<ImportRow> = Vec::new();
+                // (conversation, old last_seq, new last_seq, read target, last id, last at, n)
+                let mut touched: Vec<(String, i64, i64, i64, String, i64, usize)> = Vec::new();
+                let mut group_list: Vec<(&str, Vec<&$crate::storage::ImportMessage>)> = groups.into_iter().collect();
+                group_list.sort_by(|a, b| a.0.cmp(b.0));
+                for (conv, mut msgs) in group_list {
+                    msgs.sort_by_key(|m| (m.created_at, m.line));
+                    let (last_seq, last_at) = by_id.get(conv).copied().unwrap_or((0, None));
+                    // Newer than everything there: appended. Otherwise the conversation is
+                    // renumbered so seq follows created_at (docs/import.md).
+                    let seqs: Vec<i64> = if last_at.is_none_or(|at| msgs[0].created_at >= at) {
+                        (1..=msgs.len() as i64).map(|i| last_seq + i).collect()
+                    } else {
+                        self.renumber(&mut tx, conv, &msgs).await?
+                    };
+                    let new_last = last_seq + msgs.len() as i64;
+                    let mut first_unread: Option<i64> = None;
+                    let mut last_id = String::new();
+                    let mut last_created = 0;
+                    for (m, seq) in msgs.iter().zip(seqs) {
+                        let id = new_id();
+                        if m.unread {
+                            first_unread = Some(first_unread.map_or(seq, |f: i64| f.min(seq)));
+                        }
+                        if m.created_at >= last_created {
+                            last_created = m.created_at;
+                            last_id = id.clone();
+                        }
+                        rows.push(ImportRow {
+                            id,
+                            conversation_id: conv.to_owned(),
+                            seq,
+                            sender_id: m.sender_id.clone(),
+                            kind: m.kind.clone(),
+                            text: m.text.clone(),
+                            encrypted: m.encrypted.as_ref().map(json_text),
+                            attachments: json_text(&m.attachments),
+                            custom: json_text(&m.custom),
+                            external_id: m.external_id.clone(),
+                            created_at: m.created_at,
+                        });
+                    }
+                    let read_to = first_unread.map_or(new_last, |s| s - 1);
+                    touched.push((conv.to_owned(), last_seq, new_last, read_to, last_id, last_created, msgs.len()));
+                }
+                self.bulk_insert_messages(&mut tx, &rows).await?;
+                for chunk in touched.chunks(500) {
+                    self.tick(2);
+                    // Denormalized fields: the newest message by created_at, the last seq.
+                    let sql = format!(
+                        "update conversations set last_seq = v.column2, \
+                         last_message_id = case when conversations.last_message_at is null \
+                           or conversations.last_message_at <= v.column4 then v.column3 \
+                           else conversations.last_message_id end, \
+                         last_message_at = case when conversations.last_message_at is null \
+                           or conversations.last_message_at <= v.column4 then v.column4 \
+                           else conversations.last_message_at end, \
+                         activity_at = case when conversations.activity_at < v.column4 then v.column4 \
+                           else conversations.activity_at end \
+                         from (values {}) as v where conversations.conversation_id = v.column1",
+                        tuples(1, chunk.len(), 4)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, _, new_last, _, last_id, last_at, _) in chunk {
+                        q = q.bind(c).bind(*new_last).bind(last_id).bind(*last_at);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                    // Imported messages count as read for members who had read everything:
+                    // their position moves to just before the first message marked unread.
+                    let sql = format!(
+                        "update members set last_read_seq = v.column3 from (values {}) as v \
+                         where members.conversation_id = v.column1 and members.last_read_seq >= v.column2 \
+                         and members.last_read_seq < v.column3",
+                        tuples(1, chunk.len(), 3)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, old_last, _, read_to, _, _, _) in chunk {
+                        q = q.bind(c).bind(*old_last).bind(*read_to);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                for (c, _, new_last, _, _, last_at, n) in &touched {
+                    pending.push(PendingChange {
+                        conversation_id: c.clone(),
+                        kind: ChangeKind::ConversationUpdated,
+                        user_id: None,
+                        data: json!({
+                            "id": c, "last_seq": new_last, "last_message_at": Timestamp(*last_at),
+                            "imported_messages": n,
+                        }),
+                    });
+                }
+                out.upserted += touched.iter().filter(|x| !created.iter().any(|(id, _)| *id == x.0)).count() as u64;
+                let changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+                Ok(Committed { value: out, changes })
+            }
+
+            async fn create_job(&self, kind: &str, params: &Value, lease_ms: i64) -> StoreResult<Job> {
+                self.tick(1);
+                let t = now();
+                let sql = format!(
+                    "insert into jobs (job_id, kind, status, params, lease_until, created_at, updated_at) \
+                     values ($1, $2, 'running', $3, $4, $5, $5) returning {JOB_COLS}"
+                );
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(new_id())
+                    .bind(kind)
+                    .bind(params.to_string())
+                    .bind(t + lease_ms)
+                    .bind(t)
+                    .fetch_one(&self.writer)
+                    .await
+                    .map_err(db_error)?;
+                job_from(&row).map_err(db_error)
+            }
+
+            async fn job(&self, id: &str) -> StoreResult<Job> {
+                self.tick(1);
+                let sql = format!("select {JOB_COLS} from jobs where job_id = $1");
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or(StoreError::NotFound)?;
+                job_from(&row).map_err(db_error)
+            }
+
+            async fn update_job(&self, job: &Job, lease_ms: i64) -> StoreResult<()> {
+                self.tick(1);
+                let t = now();
+                sqlx::query(
+                    "update jobs set status = $2, checkpoint = $3, fetched = $4, upserted = $5, \
+                     messages = $6, error = $7, lease_until = $8, updated_at = $9 where job_id = $1",
+                )
+                .bind(&job.id)
+                .bind(&job.status)
+                .bind(job.checkpoint.as_deref())
+                .bind(job.fetched)
+                .bind(job.upserted)
+                .bind(job.messages)
+                .bind(job.error.as_ref().map(json_text))
+                .bind(t + lease_ms)
+                .bind(t)
+                .execute(&self.writer)
+                .await
+                .map_err(db_error)?;
+                Ok(())
+            }
+
+            async fn claim_stale_jobs(&self, now_ms: i64, lease_ms: i64) -> StoreResult<Vec<Job>> {
+                self.tick(1);
+                let sql = format!(
+                    "update jobs set lease_until = $2 where job_id in (select job_id from jobs \
+                     where status = 'running' and lease_until < $1 {}) returning {JOB_COLS}",
+                    $skip_locked
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(now_ms)
+                    .bind(now_ms + lease_ms)
+                    .fetch_all(&self.writer)
+                    .await
+                    .map_err(db_error)?;
+                rows.iter().map(job_from).collect::<Result<_, _>>().map_err(db_error)
             }
 
             async fn last_position(&self) -> StoreResult<i64> {

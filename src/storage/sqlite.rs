@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -31,7 +32,11 @@ impl SqliteStore {
             .busy_timeout(db_timeout)
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-16000");
+            .pragma("cache_size", "-16000")
+            // Statements are traced by our own spans; sqlx's per-statement logs would print
+            // whole bulk statements.
+            .log_statements(tracing::log::LevelFilter::Off)
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -60,5 +65,45 @@ super::sql::sql_store!(
     begin = "begin immediate",
     lock = "",
     skip_locked = "",
-    migrate_lock = "select 1"
+    migrate_lock = "select 1",
+    placeholder = '?'
 );
+
+impl SqliteStore {
+    /// Bulk message insert for imports: multi-row statements of 500 rows, all in the caller's
+    /// transaction. The placeholders are anonymous (`?`): sqlx asks SQLite the name of every
+    /// parameter it binds, which is a linear search for named or numbered ones (quadratic in a
+    /// statement of thousands) and free for anonymous ones.
+    async fn bulk_insert_messages(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        rows: &[super::sql::ImportRow],
+    ) -> super::StoreResult<()> {
+        for chunk in rows.chunks(500) {
+            self.queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sql = format!(
+                "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
+                 encrypted, attachments, custom, external_id, created_at) values {}",
+                vec!["(?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(&r.id)
+                    .bind(&r.conversation_id)
+                    .bind(r.seq)
+                    .bind(&r.sender_id)
+                    .bind(&r.kind)
+                    .bind(&r.text)
+                    .bind(&r.encrypted)
+                    .bind(&r.attachments)
+                    .bind(&r.custom)
+                    .bind(&r.external_id)
+                    .bind(r.created_at);
+            }
+            q.execute(&mut **tx).await.map_err(super::db_error)?;
+        }
+        Ok(())
+    }
+}

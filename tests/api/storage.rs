@@ -382,7 +382,7 @@ async fn outbox_leases(db: Db) {
     s.write_batch(&[send(&g, "a", "1"), send(&g, "a", "2")])
         .await
         .unwrap();
-    let (h, _) = s
+    let (_h, _) = s
         .create_conversation(&group(&["a"], None))
         .await
         .unwrap()

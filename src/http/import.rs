@@ -1,0 +1,91 @@
+//! `POST /v1/import`: NDJSON in, streamed; progress, bad lines and the summary streamed back.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::Caller;
+use crate::import::{self, Report};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/v1/import",
+        post(import).layer(DefaultBodyLimit::disable()),
+    )
+}
+
+/// `POST /v1/import` (server token), `Content-Type: application/x-ndjson`.
+#[utoipa::path(
+    post,
+    path = "/v1/import",
+    tag = "import",
+    operation_id = "import",
+    summary = "Bulk import (server token): NDJSON records, streamed both ways",
+    description = "One record a line: `{\"record\": \"user\", ...User}`, `{\"record\": \"conversation\", \
+        \"external_id\", \"type\", \"member_ids\", \"name\"?, \"image_url\"?, \"custom\"?, \"tags\"?, \"created_at\"?}`, \
+        `{\"record\": \"message\", \"conversation_external_id\", \"external_id\", \"sender_id\", \"text\"?, \
+        \"encrypted\"?, \"attachments\"?, \"custom\"?, \"type\"?, \"created_at\", \"unread\"?}`. \
+        Idempotent on ids and external ids; existing users are left as they are. Imported messages count \
+        as read unless `unread: true` (extension). The body is not size-limited. The response streams \
+        NDJSON: `{\"line\": n, \"error\": {...}}` for each bad line, `{\"progress\": {...}}` after each \
+        batch, and last `{\"done\": true, \"users\", \"conversations\", \"messages\", \"errors\", \"lines\", \"bytes\"}`.",
+    request_body(content = String, content_type = "application/x-ndjson"),
+    responses(
+        (status = 200, description = "NDJSON progress, bad lines and the summary", content_type = "application/x-ndjson", body = String),
+        (status = 401, description = "`unauthorized`", body = super::openapi::Error),
+        (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
+        (status = 429, description = "`rate_limited`", body = super::openapi::Error),
+        (status = 503, description = "`unavailable`", body = super::openapi::Error),
+    ),
+    security(("bearer_jwt" = []))
+)]
+async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    req: Request,
+) -> ApiResult<Response> {
+    caller.require_server()?;
+    // A bounded number of imports at once: they yield between batches, and they queue here.
+    let permit = state
+        .import_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let body = req.into_body().into_data_stream();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let send = |r: Report| {
+            let mut line = serde_json::to_string(&r).unwrap_or_default();
+            line.push('\n');
+            let _ = tx.send(line);
+        };
+        if let Err(e) = import::run(&state.store, &state.bus, body, send).await {
+            tracing::error!(error = %e, "import stopped");
+            let err = ApiError::from(e).body();
+            let _ = tx.send(format!(
+                "{}\n",
+                serde_json::json!({"done": false, "error": err["error"]})
+            ));
+        }
+    });
+    let stream = tokio_stream_from(rx).map(Ok::<_, std::convert::Infallible>);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> impl futures_util::Stream<Item = String> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

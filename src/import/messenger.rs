@@ -1,0 +1,382 @@
+//! The Facebook Messenger source: a background job that pulls a page's conversations and their
+//! messages from the Graph API, 100 per request, and writes them through the bulk import path.
+//!
+//! One `direct` conversation per (page, customer), external id
+//! `messenger:{page_id}:{customer_id}`; the page is a user of kind `page`, each customer one of
+//! kind `customer`; messages keep their Graph ids as external ids and `created_time` as
+//! `created_at`. After each page of conversations is committed, the job stores Graph's `after`
+//! cursor: a restarted server resumes there, and a re-run writes nothing new (idempotent).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::domain::UserInput;
+use crate::http::AppState;
+use crate::storage::{ImportBatch, ImportConversation, ImportMessage, Job};
+
+pub const KIND: &str = "messenger";
+/// Graph requests in flight at once (message pages of different conversations).
+const CONCURRENCY: usize = 16;
+/// Graph's rate-limit error codes, retried with backoff.
+const RATE_LIMITED: [i64; 4] = [4, 17, 32, 613];
+
+/// Graph's error object: `{"error": {"message", "type", "code", "fbtrace_id"}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphError {
+    pub message: String,
+    pub code: i64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: GraphError,
+}
+
+#[derive(Deserialize, Default)]
+struct Cursors {
+    after: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Paging {
+    #[serde(default)]
+    cursors: Cursors,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    data: Vec<T>,
+    #[serde(default)]
+    paging: Paging,
+}
+
+#[derive(Deserialize)]
+struct Participant {
+    id: String,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Participants {
+    data: Vec<Participant>,
+}
+
+#[derive(Deserialize)]
+struct GraphConversation {
+    id: String,
+    participants: Participants,
+}
+
+#[derive(Deserialize)]
+struct GraphMessage {
+    id: String,
+    message: Option<String>,
+    from: Option<Participant>,
+    created_time: String,
+}
+
+struct Graph {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Graph {
+    /// GET `url` (relative to the base, or Graph's absolute `paging.next`), retrying rate
+    /// limits with backoff; Graph's error object otherwise.
+    async fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, GraphError> {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 0.. {
+            let mut req = if url.starts_with("http") {
+                self.client.get(url)
+            } else {
+                self.client
+                    .get(format!("{}/{}", self.base, url))
+                    .query(query)
+            };
+            if !url.contains("access_token=") {
+                req = req.query(&[("access_token", self.token.as_str())]);
+            }
+            let res = req.send().await.map_err(|e| GraphError {
+                message: format!("Graph API unreachable: {e}"),
+                code: -1,
+            })?;
+            let status = res.status();
+            let bytes = res.bytes().await.map_err(|e| GraphError {
+                message: format!("Graph API read failed: {e}"),
+                code: -1,
+            })?;
+            if status.is_success() {
+                return serde_json::from_slice(&bytes).map_err(|e| GraphError {
+                    message: format!("unexpected Graph API response: {e}"),
+                    code: -1,
+                });
+            }
+            let err = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|b| b.error)
+                .unwrap_or(GraphError {
+                    message: format!("Graph API answered HTTP {status}"),
+                    code: -1,
+                });
+            if RATE_LIMITED.contains(&err.code) && attempt < 6 {
+                tracing::info!(code = err.code, ?backoff, "Graph rate limit; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            return Err(err);
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Every message of a conversation, following `paging.next`.
+    async fn messages(&self, conversation: &str) -> Result<Vec<GraphMessage>, GraphError> {
+        let mut out = Vec::new();
+        let mut page: Page<GraphMessage> = self
+            .get(
+                &format!("{conversation}/messages"),
+                &[
+                    ("fields", "id,message,from,to,created_time"),
+                    ("limit", "100"),
+                ],
+            )
+            .await?;
+        loop {
+            out.append(&mut page.data);
+            match page.paging.next.take() {
+                Some(next) => page = self.get(&next, &[]).await?,
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Graph's `2024-01-02T03:04:05+0000` (or RFC 3339) as milliseconds.
+fn graph_time(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
+/// Runs (or resumes) a Messenger job to its end, recording progress after every page.
+pub async fn run(state: AppState, mut job: Job) {
+    let _slot = state.import_slots.clone().acquire_owned().await;
+    let page_id = job.params["page_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let graph = Graph {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client"),
+        base: state.config.graph_api_url.clone(),
+        token: job.params["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let lease = state.config.job_lease.as_millis() as i64;
+    let result = pages(&state, &graph, &page_id, &mut job, lease).await;
+    match result {
+        Ok(()) => job.status = "completed".into(),
+        Err(e) => {
+            tracing::warn!(job = %job.id, code = e.code, error = %e.message, "messenger job failed");
+            job.status = "failed".into();
+            job.error = Some(json!({"code": e.code, "message": e.message}));
+        }
+    }
+    if let Err(e) = state.store.update_job(&job, 0).await {
+        tracing::error!(error = %e, job = %job.id, "could not record the end of a job");
+    }
+}
+
+async fn pages(
+    state: &AppState,
+    graph: &Graph,
+    page_id: &str,
+    job: &mut Job,
+    lease: i64,
+) -> Result<(), GraphError> {
+    loop {
+        let mut query = vec![
+            ("platform", "messenger"),
+            ("fields", "participants,updated_time"),
+            ("limit", "100"),
+        ];
+        let after = job.checkpoint.clone();
+        if let Some(a) = &after {
+            query.push(("after", a));
+        }
+        let page: Page<GraphConversation> = graph
+            .get(&format!("{page_id}/conversations"), &query)
+            .await?;
+        let fetched = page.data.len();
+        let threads: Vec<(GraphConversation, Result<Vec<GraphMessage>, GraphError>)> =
+            futures_util::stream::iter(page.data)
+                .map(|c| async move {
+                    let m = graph.messages(&c.id).await;
+                    (c, m)
+                })
+                .buffered(CONCURRENCY)
+                .collect()
+                .await;
+        let mut batch = ImportBatch::default();
+        let mut read = 0i64;
+        batch.users.push((
+            0,
+            UserInput {
+                id: page_id.to_owned(),
+                name: None,
+                image_url: None,
+                kind: Some("page".into()),
+                custom: None,
+            },
+        ));
+        for (c, messages) in threads {
+            let messages = messages?;
+            let Some(customer) = c.participants.data.iter().find(|p| p.id != page_id) else {
+                continue;
+            };
+            if let Some(p) = c.participants.data.iter().find(|p| p.id == page_id) {
+                batch.users[0].1.name = p.name.clone();
+            }
+            batch.users.push((
+                0,
+                UserInput {
+                    id: customer.id.clone(),
+                    name: customer.name.clone(),
+                    image_url: None,
+                    kind: Some("customer".into()),
+                    custom: None,
+                },
+            ));
+            let external_id = format!("messenger:{page_id}:{}", customer.id);
+            batch.conversations.push(ImportConversation {
+                line: 0,
+                external_id: external_id.clone(),
+                kind: "direct".into(),
+                member_ids: vec![page_id.to_owned(), customer.id.clone()],
+                name: None,
+                image_url: None,
+                custom: json!({"messenger_thread_id": c.id}),
+                tags: Vec::new(),
+                created_at: messages
+                    .iter()
+                    .filter_map(|m| graph_time(&m.created_time))
+                    .min(),
+            });
+            read += messages.len() as i64;
+            for m in messages {
+                let Some(created_at) = graph_time(&m.created_time) else {
+                    continue;
+                };
+                let sender = m.from.map(|f| f.id);
+                let text = m.message.filter(|t| !t.is_empty());
+                batch.messages.push(ImportMessage {
+                    line: 0,
+                    conversation_external_id: external_id.clone(),
+                    external_id: m.id,
+                    kind: if sender.is_some() && text.is_some() {
+                        "regular".into()
+                    } else {
+                        "system".into()
+                    },
+                    sender_id: sender,
+                    text,
+                    encrypted: None,
+                    attachments: json!([]),
+                    custom: json!({}),
+                    created_at,
+                    unread: false,
+                });
+            }
+        }
+        let committed = state
+            .store
+            .import_batch(&batch)
+            .await
+            .map_err(|e| GraphError {
+                message: format!("database: {e}"),
+                code: -1,
+            })?;
+        state.bus.publish(committed.changes);
+        job.fetched += fetched as i64;
+        job.upserted += committed.value.upserted as i64;
+        job.messages += read;
+        let next = page
+            .paging
+            .next
+            .is_some()
+            .then_some(page.paging.cursors.after)
+            .flatten();
+        job.checkpoint = next.clone();
+        state
+            .store
+            .update_job(job, lease)
+            .await
+            .map_err(|e| GraphError {
+                message: format!("database: {e}"),
+                code: -1,
+            })?;
+        if next.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Resumes running jobs whose node stopped (at start, then every few seconds).
+pub async fn resume_stale(state: AppState) {
+    let lease = state.config.job_lease;
+    let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(200)));
+    loop {
+        tick.tick().await;
+        let now = crate::domain::Timestamp::now().0;
+        match state
+            .store
+            .claim_stale_jobs(now, lease.as_millis() as i64)
+            .await
+        {
+            Ok(jobs) => {
+                for job in jobs.into_iter().filter(|j| j.kind == KIND) {
+                    tracing::info!(job = %job.id, checkpoint = ?job.checkpoint, "resuming messenger job");
+                    tokio::spawn(run(state.clone(), job));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for stale jobs"),
+        }
+    }
+}
+
+/// The job's state as an SSE event / `GET /v1/jobs/{id}`.
+pub fn progress(job: &Job) -> Value {
+    let mut v = json!({
+        "status": job.status, "fetched": job.fetched, "upserted": job.upserted,
+        "messages": job.messages,
+    });
+    if let Some(e) = &job.error {
+        v["error"] = e.clone();
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_times() {
+        assert_eq!(graph_time("1970-01-01T00:00:01+0000"), Some(1000));
+        assert_eq!(graph_time("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(graph_time("yesterday"), None);
+    }
+}

@@ -1,0 +1,487 @@
+//! Bulk import: NDJSON records (`user`, `conversation`, `message`), streamed, validated line by
+//! line, written in large batches (one transaction each, bulk statements), idempotent on ids and
+//! external ids. A bad line is reported with its number and reason and every good line is
+//! stored. Used by `POST /v1/import`, `confab import FILE` and the Messenger source.
+
+pub mod cli;
+pub mod messenger;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::domain::{
+    Invalid, MAX_ATTACHMENTS, MAX_NAME_CHARS, MAX_TEXT_CHARS, Timestamp, UserInput, check_custom,
+    check_no_nul, check_string, check_tags, check_user_id,
+};
+use crate::storage::{DynStore, ImportBatch, ImportConversation, ImportMessage};
+use crate::write_path::ChangeBus;
+
+/// Records per transaction.
+pub const BATCH_RECORDS: usize = 10_000;
+/// The longest line accepted.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// What an import reports as it goes (and the HTTP response streams as NDJSON).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    /// A bad line: `{"line": 17, "error": {"code", "message", "field"?}}`.
+    Error { line: usize, error: Value },
+    /// After each batch: `{"progress": {...}}`.
+    Progress { progress: Counts },
+    /// Last: `{"done": true, ...counts}`.
+    Done {
+        done: bool,
+        #[serde(flatten)]
+        counts: Counts,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub users: u64,
+    pub conversations: u64,
+    pub messages: u64,
+    pub errors: u64,
+    /// Lines read (an extension).
+    pub lines: u64,
+    /// Bytes read (an extension).
+    pub bytes: u64,
+}
+
+fn error_value(code: &str, message: &str, field: Option<&str>) -> Value {
+    let mut e = json!({"code": code, "message": message});
+    if let Some(f) = field {
+        e["field"] = json!(f);
+    }
+    e
+}
+
+/// Reads NDJSON from `body` and imports it; `report` gets every bad line, progress after each
+/// batch and the summary. A database failure stops the import (what was committed stays).
+pub async fn run<S, E>(
+    store: &DynStore,
+    bus: &ChangeBus,
+    body: S,
+    mut report: impl FnMut(Report),
+) -> Result<Counts, crate::storage::StoreError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut counts = Counts::default();
+    let mut batch = ImportBatch::default();
+    let mut pending = 0usize;
+    let mut lines = LineSplitter::default();
+    let mut body = body;
+    loop {
+        let chunk = body.next().await;
+        let end = match &chunk {
+            None => true,
+            Some(Err(e)) => {
+                report(Report::Error {
+                    line: counts.lines as usize + 1,
+                    error: error_value(
+                        "validation_failed",
+                        &format!("the body could not be read: {e}"),
+                        None,
+                    ),
+                });
+                counts.errors += 1;
+                true
+            }
+            Some(Ok(_)) => false,
+        };
+        if let Some(Ok(bytes)) = &chunk {
+            counts.bytes += bytes.len() as u64;
+            lines.push(bytes);
+        }
+        while let Some(line) = lines.next_line(end) {
+            counts.lines += 1;
+            let n = counts.lines as usize;
+            match line {
+                Err(msg) => {
+                    counts.errors += 1;
+                    report(Report::Error {
+                        line: n,
+                        error: error_value("validation_failed", &msg, None),
+                    });
+                }
+                Ok(text) if text.iter().all(u8::is_ascii_whitespace) => {}
+                Ok(text) => match parse_record(n, &text) {
+                    Ok(rec) => {
+                        rec.add_to(&mut batch);
+                        pending += 1;
+                    }
+                    Err(inv) => {
+                        counts.errors += 1;
+                        report(Report::Error {
+                            line: n,
+                            error: error_value(
+                                "validation_failed",
+                                &inv.message,
+                                inv.field.as_deref(),
+                            ),
+                        });
+                    }
+                },
+            }
+            if pending >= BATCH_RECORDS {
+                flush(store, bus, &mut batch, &mut counts, &mut report).await?;
+                pending = 0;
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    if pending > 0 {
+        flush(store, bus, &mut batch, &mut counts, &mut report).await?;
+    }
+    report(Report::Done { done: true, counts });
+    Ok(counts)
+}
+
+async fn flush(
+    store: &DynStore,
+    bus: &ChangeBus,
+    batch: &mut ImportBatch,
+    counts: &mut Counts,
+    report: &mut impl FnMut(Report),
+) -> Result<(), crate::storage::StoreError> {
+    let taken = std::mem::take(batch);
+    let committed = store.import_batch(&taken).await?;
+    bus.publish(committed.changes);
+    let o = committed.value;
+    counts.users += o.users;
+    counts.conversations += o.conversations;
+    counts.messages += o.messages;
+    counts.errors += o.errors.len() as u64;
+    let mut errors = o.errors;
+    errors.sort_by_key(|e| e.0);
+    for (line, message, field) in errors {
+        report(Report::Error {
+            line,
+            error: error_value("validation_failed", &message, Some(field)),
+        });
+    }
+    report(Report::Progress { progress: *counts });
+    metrics::counter!("confab_import_messages_total").increment(o.messages);
+    // Live traffic goes first between batches.
+    tokio::task::yield_now().await;
+    Ok(())
+}
+
+/// Splits a byte stream into lines without holding more than one partial line.
+#[derive(Default)]
+struct LineSplitter {
+    buf: Vec<u8>,
+    /// Skipping the rest of a line that was too long.
+    skipping: bool,
+    start: usize,
+}
+
+impl LineSplitter {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete line (at the end, the last one even without a newline).
+    fn next_line(&mut self, end: bool) -> Option<Result<Vec<u8>, String>> {
+        let rest = &self.buf[self.start..];
+        match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                let line = rest[..i].to_vec();
+                self.start += i + 1;
+                if std::mem::take(&mut self.skipping) || line.len() > MAX_LINE {
+                    return Some(Err(format!("line longer than {MAX_LINE} bytes")));
+                }
+                Some(Ok(line))
+            }
+            None if end && !rest.is_empty() => {
+                let line = rest.to_vec();
+                self.start = self.buf.len();
+                if std::mem::take(&mut self.skipping) || line.len() > MAX_LINE {
+                    return Some(Err(format!("line longer than {MAX_LINE} bytes")));
+                }
+                Some(Ok(line))
+            }
+            None => {
+                if rest.len() > MAX_LINE {
+                    // Drop what we have of it; report when its end arrives.
+                    self.skipping = true;
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                None
+            }
+        }
+    }
+}
+
+enum Record {
+    User(usize, UserInput),
+    Conversation(ImportConversation),
+    Message(ImportMessage),
+}
+
+impl Record {
+    fn add_to(self, batch: &mut ImportBatch) {
+        match self {
+            Record::User(n, u) => batch.users.push((n, u)),
+            Record::Conversation(c) => batch.conversations.push(c),
+            Record::Message(m) => batch.messages.push(m),
+        }
+    }
+}
+
+fn text(obj: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, Invalid> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            check_string(field, s, max)?;
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(Invalid::new(field, "must be a string")),
+    }
+}
+
+fn required(obj: &Map<String, Value>, field: &str, max: usize) -> Result<String, Invalid> {
+    match text(obj, field, max)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Invalid::new(field, "is required")),
+    }
+}
+
+fn time(obj: &Map<String, Value>, field: &str) -> Result<Option<i64>, Invalid> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Timestamp::parse(s)
+            .map(|t| Some(t.0))
+            .ok_or_else(|| Invalid::new(field, "must be an RFC 3339 timestamp")),
+        Some(_) => Err(Invalid::new(field, "must be an RFC 3339 timestamp")),
+    }
+}
+
+fn custom(obj: &Map<String, Value>) -> Result<Value, Invalid> {
+    match obj.get("custom") {
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(c) => {
+            check_custom("custom", c)?;
+            Ok(c.clone())
+        }
+    }
+}
+
+fn parse_record(line: usize, bytes: &[u8]) -> Result<Record, Invalid> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| Invalid {
+        field: None,
+        message: format!("malformed JSON: {e}"),
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(Invalid {
+            field: None,
+            message: "a record must be a JSON object".into(),
+        });
+    };
+    match obj.get("record").and_then(Value::as_str) {
+        Some("user") => {
+            let id = required(&obj, "id", 128)?;
+            check_user_id("id", &id)?;
+            Ok(Record::User(
+                line,
+                UserInput {
+                    name: text(&obj, "name", MAX_NAME_CHARS)?.filter(|n| !n.is_empty()),
+                    image_url: text(&obj, "image_url", 2048)?.map(Some),
+                    kind: text(&obj, "kind", 64)?.filter(|k| !k.is_empty()),
+                    custom: obj.get("custom").map(|_| custom(&obj)).transpose()?,
+                    id,
+                },
+            ))
+        }
+        Some("conversation") => {
+            let external_id = required(&obj, "external_id", 256)?;
+            let kind = required(&obj, "type", 16)?;
+            if kind != "direct" && kind != "group" {
+                return Err(Invalid::new("type", "type must be direct or group"));
+            }
+            let member_ids: Vec<String> = match obj.get("member_ids") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let f = format!("member_ids[{i}]");
+                        let s = v
+                            .as_str()
+                            .ok_or_else(|| Invalid::new(&f, "must be a string"))?;
+                        check_user_id(&f, s)?;
+                        Ok(s.to_owned())
+                    })
+                    .collect::<Result<_, Invalid>>()?,
+                _ => {
+                    return Err(Invalid::new(
+                        "member_ids",
+                        "is required and must be an array",
+                    ));
+                }
+            };
+            let mut unique = member_ids.clone();
+            unique.sort();
+            unique.dedup();
+            if kind == "direct" && unique.len() != 2 {
+                return Err(Invalid::new(
+                    "member_ids",
+                    "a direct conversation has exactly two members",
+                ));
+            }
+            if unique.is_empty() || unique.len() > 1000 {
+                return Err(Invalid::new("member_ids", "must hold 1 to 1000 members"));
+            }
+            let tags: Vec<String> = match obj.get("tags") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) => serde_json::from_value(v.clone())
+                    .map_err(|_| Invalid::new("tags", "must be an array of strings"))?,
+            };
+            check_tags("tags", &tags)?;
+            Ok(Record::Conversation(ImportConversation {
+                line,
+                external_id,
+                kind,
+                member_ids: unique,
+                name: text(&obj, "name", MAX_NAME_CHARS)?,
+                image_url: text(&obj, "image_url", 2048)?,
+                custom: custom(&obj)?,
+                tags,
+                created_at: time(&obj, "created_at")?,
+            }))
+        }
+        Some("message") => {
+            let conversation_external_id = required(&obj, "conversation_external_id", 256)?;
+            let external_id = required(&obj, "external_id", 256)?;
+            let sender_id = text(&obj, "sender_id", 128)?;
+            if let Some(s) = &sender_id {
+                check_user_id("sender_id", s)?;
+            }
+            let kind = text(&obj, "type", 16)?.unwrap_or_else(|| "regular".into());
+            if kind != "regular" && kind != "system" {
+                return Err(Invalid::new("type", "type must be regular or system"));
+            }
+            if kind == "regular" && sender_id.is_none() {
+                return Err(Invalid::new(
+                    "sender_id",
+                    "is required for a regular message",
+                ));
+            }
+            let text_v = text(&obj, "text", MAX_TEXT_CHARS)?;
+            let encrypted = match obj.get("encrypted") {
+                None | Some(Value::Null) => None,
+                Some(e) if e.is_object() => {
+                    check_no_nul("encrypted", e)?;
+                    Some(e.clone())
+                }
+                Some(_) => return Err(Invalid::new("encrypted", "must be an object")),
+            };
+            let attachments = match obj.get("attachments") {
+                None | Some(Value::Null) => json!([]),
+                Some(Value::Array(a)) if a.len() <= MAX_ATTACHMENTS => {
+                    check_no_nul("attachments", &Value::Array(a.clone()))?;
+                    Value::Array(a.clone())
+                }
+                Some(_) => {
+                    return Err(Invalid::new(
+                        "attachments",
+                        "must be an array of at most 10",
+                    ));
+                }
+            };
+            let has_content = text_v.as_deref().is_some_and(|t| !t.is_empty())
+                || encrypted.is_some()
+                || attachments.as_array().is_some_and(|a| !a.is_empty());
+            if kind == "regular" && !has_content {
+                return Err(Invalid::new(
+                    "text",
+                    "a message needs text, encrypted or at least one attachment",
+                ));
+            }
+            let created_at = time(&obj, "created_at")?
+                .ok_or_else(|| Invalid::new("created_at", "is required (the original time)"))?;
+            let unread = match obj.get("unread") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(Invalid::new("unread", "must be true or false")),
+            };
+            Ok(Record::Message(ImportMessage {
+                line,
+                conversation_external_id,
+                external_id,
+                sender_id,
+                kind,
+                text: text_v,
+                encrypted,
+                attachments,
+                custom: custom(&obj)?,
+                created_at,
+                unread,
+            }))
+        }
+        Some(_) | None => Err(Invalid::new(
+            "record",
+            "record must be user, conversation or message",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_chunks_and_long_lines_are_refused() {
+        let mut s = LineSplitter::default();
+        s.push(b"{\"a\":1}\n{\"b\"");
+        assert_eq!(s.next_line(false), Some(Ok(b"{\"a\":1}".to_vec())));
+        assert_eq!(s.next_line(false), None);
+        s.push(b":2}");
+        assert_eq!(s.next_line(true), Some(Ok(b"{\"b\":2}".to_vec())));
+        let mut s = LineSplitter::default();
+        s.push(&vec![b'x'; MAX_LINE + 10]);
+        assert_eq!(s.next_line(false), None);
+        s.push(b"tail\nok\n");
+        assert!(matches!(s.next_line(false), Some(Err(_))));
+        assert_eq!(s.next_line(false), Some(Ok(b"ok".to_vec())));
+    }
+
+    #[test]
+    fn records_are_validated_naming_the_field() {
+        let bad = [
+            (r#"{"record":"nope"}"#, Some("record")),
+            (r#"{"record":"user","id":"has space"}"#, Some("id")),
+            (
+                r#"{"record":"conversation","external_id":"x","type":"direct","member_ids":["a"]}"#,
+                Some("member_ids"),
+            ),
+            (
+                r#"{"record":"message","conversation_external_id":"c","external_id":"m","sender_id":"a","text":"x"}"#,
+                Some("created_at"),
+            ),
+            (
+                r#"{"record":"message","conversation_external_id":"c","external_id":"m","sender_id":"a","created_at":"2020-01-01T00:00:00Z"}"#,
+                Some("text"),
+            ),
+            ("not json", None),
+        ];
+        for (line, field) in bad {
+            let e = parse_record(1, line.as_bytes())
+                .err()
+                .unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(e.field.as_deref(), field, "{line}");
+        }
+        assert!(parse_record(1, br#"{"record":"message","conversation_external_id":"c","external_id":"m","sender_id":"a","text":"x","created_at":"2020-01-01T00:00:00.123Z"}"#).is_ok());
+    }
+}

@@ -1,0 +1,225 @@
+//! `POST /v1/import` and `confab import`: streamed NDJSON, bad lines by number, idempotent,
+//! seqs in created_at order, imported data visible in listings, unread and sync.
+
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::helpers::{Db, TestApp, spawn_app};
+
+both!(
+    import_streams_reports_and_is_idempotent,
+    import_into_newer_history_renumbers
+);
+
+async fn post_ndjson(app: &TestApp, body: String) -> Vec<Value> {
+    let res = app
+        .client
+        .post(format!("{}/v1/import", app.base))
+        .bearer_auth(app.server())
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    res.text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn file() -> String {
+    let lines = [
+        json!({"record": "user", "id": "ann", "name": "Ann", "kind": "company"}).to_string(),
+        json!({"record": "user", "id": "bob", "name": "Bob"}).to_string(),
+        "{this is not json".into(),
+        json!({"record": "conversation", "external_id": "legacy-1", "type": "direct", "member_ids": ["ann", "bob"]}).to_string(),
+        json!({"record": "conversation", "external_id": "legacy-2", "type": "group", "member_ids": ["ann", "bob", "cat"], "name": "Old group", "tags": ["imported"]}).to_string(),
+        // Out of created_at order in the file: seqs follow created_at.
+        json!({"record": "message", "conversation_external_id": "legacy-1", "external_id": "m2", "sender_id": "bob", "text": "second", "created_at": "2020-01-01T10:00:02.000Z"}).to_string(),
+        json!({"record": "message", "conversation_external_id": "legacy-1", "external_id": "m1", "sender_id": "ann", "text": "first", "created_at": "2020-01-01T10:00:01.000Z"}).to_string(),
+        json!({"record": "message", "conversation_external_id": "legacy-1", "external_id": "m3", "sender_id": "ann", "text": "third, unread", "created_at": "2020-01-01T10:00:03.000Z", "unread": true}).to_string(),
+        json!({"record": "message", "conversation_external_id": "nowhere", "external_id": "m4", "sender_id": "ann", "text": "x", "created_at": "2020-01-01T10:00:04.000Z"}).to_string(),
+        json!({"record": "message", "conversation_external_id": "legacy-2", "external_id": "m5", "sender_id": "cat", "text": "group hello", "created_at": "2020-01-02T00:00:00.000Z"}).to_string(),
+        json!({"record": "message", "conversation_external_id": "legacy-2", "external_id": "m6", "sender_id": "cat"}).to_string(),
+        "".into(),
+    ];
+    lines.join("\n")
+}
+
+async fn import_streams_reports_and_is_idempotent(db: Db) {
+    let app = spawn_app(db).await;
+    let b = app.user("bob");
+    let since = app.get("/v1/sync", &b).await.expect(200)["next_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = post_ndjson(&app, file()).await;
+    // Parse errors come as they are read, unknown conversations when their batch is written.
+    let mut errors: Vec<(i64, Option<&str>)> = out
+        .iter()
+        .filter(|l| l.get("line").is_some())
+        .map(|l| (l["line"].as_i64().unwrap(), l["error"]["field"].as_str()))
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        [
+            (3, None),
+            (9, Some("conversation_external_id")),
+            (11, Some("text"))
+        ]
+    );
+    let done = out.last().unwrap();
+    assert_eq!(done["done"], true);
+    assert_eq!(
+        (
+            done["users"].as_i64(),
+            done["conversations"].as_i64(),
+            done["messages"].as_i64(),
+            done["errors"].as_i64()
+        ),
+        (Some(2), Some(2), Some(4), Some(3))
+    );
+    assert!(out.iter().any(|l| l.get("progress").is_some()));
+
+    // Visible in listings, with original timestamps and seqs by created_at.
+    let list = app
+        .get("/v1/conversations?include_total=true", &b)
+        .await
+        .expect(200);
+    assert_eq!(list["total"], 2);
+    let d = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["external_id"] == "legacy-1")
+        .unwrap()
+        .clone();
+    assert_eq!(d["name"], "Ann");
+    assert_eq!(d["last_message"]["text"], "third, unread");
+    assert_eq!(d["last_message_at"], "2020-01-01T10:00:03.000Z");
+    let id = d["id"].as_str().unwrap();
+    let page = app
+        .get(&format!("/v1/conversations/{id}/messages"), &b)
+        .await
+        .expect(200);
+    let got: Vec<(i64, &str)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [(1, "first"), (2, "second"), (3, "third, unread")]);
+    // Unread: imported messages are read unless marked; bob has one unread from ann.
+    let unread = app.get("/v1/unread", &b).await.expect(200);
+    assert_eq!(unread["total"], 1, "{unread}");
+    let g = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["external_id"] == "legacy-2")
+        .unwrap()
+        .clone();
+    assert_eq!(g["tags"], json!(["imported"]));
+    assert_eq!(g["member_count"], 3);
+    // In sync.
+    let ev = app
+        .get(&format!("/v1/sync?since={since}"), &b)
+        .await
+        .expect(200);
+    let types: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"conversation.created") && types.contains(&"conversation.updated"),
+        "{types:?}"
+    );
+
+    // The same file again: the same summary, and nothing changes.
+    let again = post_ndjson(&app, file()).await;
+    let done2 = again.last().unwrap();
+    assert_eq!(
+        (
+            done2["messages"].as_i64(),
+            done2["conversations"].as_i64(),
+            done2["errors"].as_i64()
+        ),
+        (Some(4), Some(2), Some(3))
+    );
+    let page2 = app
+        .get(&format!("/v1/conversations/{id}/messages"), &b)
+        .await
+        .expect(200);
+    assert_eq!(page2, page);
+    let after = app
+        .get(
+            &format!("/v1/sync?since={}", ev["next_token"].as_str().unwrap()),
+            &b,
+        )
+        .await
+        .expect(200);
+    assert!(
+        after["events"].as_array().unwrap().is_empty(),
+        "a re-import records no change"
+    );
+    // Server token only.
+    app.raw(reqwest::Method::POST, "/v1/import", Some(&b), None)
+        .await
+        .error(403, "forbidden");
+}
+
+async fn import_into_newer_history_renumbers(db: Db) {
+    let app = spawn_app(db).await;
+    let line = |ext: &str, text: &str, at: &str| {
+        json!({"record": "message", "conversation_external_id": "c1", "external_id": ext, "sender_id": "ann", "text": text, "created_at": at}).to_string()
+    };
+    let first = [
+        json!({"record": "conversation", "external_id": "c1", "type": "group", "member_ids": ["ann", "bob"]}).to_string(),
+        line("e2", "noon", "2021-05-01T12:00:00Z"),
+        line("e4", "evening", "2021-05-01T20:00:00Z"),
+    ];
+    post_ndjson(&app, first.join("\n")).await;
+    // Older history arrives later: it slots in by created_at, and the seqs stay 1..N.
+    let second = [
+        line("e1", "morning", "2021-05-01T08:00:00Z"),
+        line("e3", "afternoon", "2021-05-01T15:00:00Z"),
+    ];
+    let out = post_ndjson(&app, second.join("\n")).await;
+    assert_eq!(out.last().unwrap()["messages"], 2);
+    let b = app.user("bob");
+    let list = app.get("/v1/conversations", &b).await.expect(200);
+    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let page = app
+        .get(&format!("/v1/conversations/{id}/messages"), &b)
+        .await
+        .expect(200);
+    let got: Vec<(i64, &str)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "morning"),
+            (2, "noon"),
+            (3, "afternoon"),
+            (4, "evening")
+        ]
+    );
+    let c = app
+        .get(&format!("/v1/conversations/{id}"), &b)
+        .await
+        .expect(200);
+    assert_eq!(c["last_seq"], 4);
+    assert_eq!(c["last_message"]["text"], "evening");
+    assert_eq!(c["unread_count"], 0);
+}
