@@ -18,12 +18,18 @@ with open(a.out, "w") as f:
     for u in range(a.users):
         f.write(json.dumps({"record": "user", "id": f"iu{u}", "name": f"Imported User {u}"}) + "\n")
     members = {}
+    pairs = set()
     for c in range(a.conversations):
         if c % 4 == 0:
             ms = rnd.sample(range(a.users), 5)
             kind = "group"
         else:
-            ms = rnd.sample(range(a.users), 2)
+            # One direct conversation per pair, as Confab keeps them.
+            while True:
+                ms = rnd.sample(range(a.users), 2)
+                if tuple(sorted(ms)) not in pairs:
+                    pairs.add(tuple(sorted(ms)))
+                    break
             kind = "direct"
         members[c] = ms
         f.write(json.dumps({"record": "conversation", "external_id": f"ic{c}", "type": kind,

@@ -19,7 +19,7 @@ use crate::storage::{DynStore, ImportBatch, ImportConversation, ImportMessage};
 use crate::write_path::ChangeBus;
 
 /// Records per transaction.
-pub const BATCH_RECORDS: usize = 10_000;
+pub const BATCH_RECORDS: usize = 50_000;
 /// The longest line accepted.
 pub const MAX_LINE: usize = 1024 * 1024;
 

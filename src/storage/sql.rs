@@ -16,6 +16,11 @@ use serde_json::Value;
 /// statement with thousands of them quadratic; numbered ones (`?N`) are direct. PostgreSQL
 /// takes `$N` only.
 pub(crate) fn params_with(prefix: char, start: usize, n: usize) -> String {
+    if prefix == '?' && start == 1 {
+        // The statement's only parameters: anonymous ones are bound in order, and sqlx's name
+        // lookup for them is free (see `tuples_with`).
+        return vec!["?"; n].join(",");
+    }
     let mut s = String::with_capacity(n * 4);
     for i in 0..n {
         if i > 0 {
@@ -28,7 +33,15 @@ pub(crate) fn params_with(prefix: char, start: usize, n: usize) -> String {
 }
 
 /// `($1,$2),($3,$4)` for `rows` tuples of `cols` parameters starting at `$start`.
+///
+/// On SQLite, a statement made only of these (`start` 1) gets anonymous `?` placeholders:
+/// sqlx asks SQLite the name of every parameter it binds, a linear search for named and
+/// numbered ones, which makes a statement of thousands of them quadratic.
 pub(crate) fn tuples_with(prefix: char, start: usize, rows: usize, cols: usize) -> String {
+    if prefix == '?' && start == 1 {
+        let one = format!("({})", vec!["?"; cols].join(","));
+        return vec![one.as_str(); rows].join(",");
+    }
     (0..rows)
         .map(|r| format!("({})", params_with(prefix, start + r * cols, cols)))
         .collect::<Vec<_>>()
@@ -2404,6 +2417,18 @@ macro_rules! sql_store {
                         .await
                         .map_err(db_error)?;
                         if let Some(r) = found {
+                            let existing: String = r.try_get(0).map_err(db_error)?;
+                            // The pair's conversation takes this external id if it has none,
+                            // so later records (and re-imports) find it by it.
+                            self.tick(1);
+                            sqlx::query(
+                                "update conversations set external_id = $2 where conversation_id = $1 and external_id is null",
+                            )
+                            .bind(&existing)
+                            .bind(&c.external_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_error)?;
                             convs.insert(
                                 c.external_id.clone(),
                                 (r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),

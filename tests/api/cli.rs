@@ -15,6 +15,11 @@ fn confab(url: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_command_uses_the_secret_kept_in_the_database() {
     let url = fresh_database(Db::Sqlite).await;
+    // On a fresh database the first command migrates: its logs go to stderr, stdout is the token.
+    let out = confab(&url).args(["token", "ann"]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     let out = confab(&url).arg("migrate").output().unwrap();
     assert!(
         out.status.success(),
@@ -77,4 +82,69 @@ fn bad_configuration_is_refused_naming_the_variable() {
     for cmd in ["serve", "migrate", "token"] {
         assert!(help.contains(cmd), "{help}");
     }
+}
+
+/// `confab import FILE` into the configured database, then the same file to a running server
+/// with --url and --token: the second run finds everything present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_command_direct_and_to_a_server() {
+    let url = fresh_database(Db::Sqlite).await;
+    let file = std::env::temp_dir().join(format!("confab-import-{}.ndjson", uuid::Uuid::now_v7()));
+    let lines = [
+        serde_json::json!({"record": "conversation", "external_id": "x1", "type": "group", "member_ids": ["ann", "bob"]}),
+        serde_json::json!({"record": "message", "conversation_external_id": "x1", "external_id": "y1", "sender_id": "ann", "text": "hi", "created_at": "2022-02-02T02:02:02Z"}),
+        serde_json::json!({"record": "message", "conversation_external_id": "x1", "external_id": "y2", "sender_id": "bob"}),
+    ];
+    std::fs::write(
+        &file,
+        lines
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let out = confab(&url).arg("import").arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            summary["conversations"].as_i64(),
+            summary["messages"].as_i64(),
+            summary["errors"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "bad lines are reported"
+    );
+
+    let app = spawn_app_with(Db::Sqlite, test_config(&url)).await;
+    let out = confab(&url)
+        .arg("import")
+        .arg(&file)
+        .args(["--url", &app.base, "--token", &app.server()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["messages"], 1);
+    let list = app
+        .get("/v1/conversations", &app.user("bob"))
+        .await
+        .expect(200);
+    assert_eq!(
+        list["conversations"][0]["last_seq"], 1,
+        "the second import created nothing"
+    );
+    let _ = std::fs::remove_file(&file);
 }
