@@ -79,7 +79,7 @@ impl Application {
             database_id,
             Arc::new(presence),
         );
-        let (realtime, io, hub) = realtime::start(state.clone())?;
+        let (realtime, io, hub) = realtime::start(state.clone()).await?;
         realtime::start_presence(io, hub.clone(), global, local);
         let _ = state.realtime.set(Arc::downgrade(&hub));
         crate::jobs::start(&state)?;

@@ -258,8 +258,10 @@ async fn list(
     {
         return Err(ApiError::invalid("type", "type must be direct or group"));
     }
-    let tags = params.list("tags");
+    let mut tags = params.list("tags");
     check_tags("tags", &tags)?;
+    tags.sort();
+    tags.dedup();
     let exclude_tags = params.list("exclude_tags");
     check_tags("exclude_tags", &exclude_tags)?;
     let q = params

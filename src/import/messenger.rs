@@ -169,6 +169,21 @@ fn graph_time(s: &str) -> Option<i64> {
 
 /// Runs (or resumes) a Messenger job to its end, recording progress after every page.
 pub async fn run(state: AppState, mut job: Job) {
+    // The lease is renewed while this node works on the job (waiting for a slot included), so
+    // no other node resumes it while it runs.
+    let lease = state.config.job_lease;
+    let heartbeat = {
+        let (store, id) = (state.store.clone(), job.id.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.touch_job(&id, lease.as_millis() as i64).await {
+                    tracing::warn!(error = %e, job = %id, "could not renew a job lease");
+                }
+            }
+        })
+    };
     let _slot = state.import_slots.clone().acquire_owned().await;
     let page_id = job.params["page_id"]
         .as_str()
@@ -185,8 +200,7 @@ pub async fn run(state: AppState, mut job: Job) {
             .unwrap_or_default()
             .to_owned(),
     };
-    let lease = state.config.job_lease.as_millis() as i64;
-    let result = pages(&state, &graph, &page_id, &mut job, lease).await;
+    let result = pages(&state, &graph, &page_id, &mut job, lease.as_millis() as i64).await;
     match result {
         Ok(()) => job.status = "completed".into(),
         Err(e) => {
@@ -195,6 +209,7 @@ pub async fn run(state: AppState, mut job: Job) {
             job.error = Some(json!({"code": e.code, "message": e.message}));
         }
     }
+    heartbeat.abort();
     if let Err(e) = state.store.update_job(&job, 0).await {
         tracing::error!(error = %e, job = %job.id, "could not record the end of a job");
     }

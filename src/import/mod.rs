@@ -22,6 +22,9 @@ use crate::write_path::ChangeBus;
 pub const BATCH_RECORDS: usize = 50_000;
 /// The longest line accepted.
 pub const MAX_LINE: usize = 1024 * 1024;
+/// Bad lines reported one by one; after that only counted (a file with one systematic error
+/// must not fill the response).
+pub const MAX_REPORTED_ERRORS: u64 = 1000;
 
 /// What an import reports as it goes (and the HTTP response streams as NDJSON).
 #[derive(Debug, Clone, Serialize)]
@@ -65,17 +68,22 @@ pub async fn run<S, E>(
     store: &DynStore,
     bus: &ChangeBus,
     body: S,
-    mut report: impl FnMut(Report),
+    report: impl FnMut(Report),
 ) -> Result<Counts, crate::storage::StoreError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let mut report = capped(report);
     let mut counts = Counts::default();
     let mut batch = ImportBatch::default();
     let mut pending = 0usize;
     let mut lines = LineSplitter::default();
     let mut body = body;
+    // The batch being written while the next one is parsed: parsing (this task) and the
+    // database (its own connection) overlap. A batch starts only after the previous one has
+    // committed, so it sees the conversations that one created.
+    let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
     loop {
         let chunk = body.next().await;
         let end = match &chunk {
@@ -129,7 +137,10 @@ where
                 },
             }
             if pending >= BATCH_RECORDS {
-                flush(store, bus, &mut batch, &mut counts, &mut report).await?;
+                if let Some(w) = writing.take() {
+                    finish(w, bus, &mut counts, &mut report).await?;
+                }
+                writing = Some(start(store, std::mem::take(&mut batch)));
                 pending = 0;
             }
         }
@@ -137,22 +148,59 @@ where
             break;
         }
     }
+    if let Some(w) = writing.take() {
+        finish(w, bus, &mut counts, &mut report).await?;
+    }
     if pending > 0 {
-        flush(store, bus, &mut batch, &mut counts, &mut report).await?;
+        finish(start(store, batch), bus, &mut counts, &mut report).await?;
     }
     report(Report::Done { done: true, counts });
     Ok(counts)
 }
 
-async fn flush(
-    store: &DynStore,
+/// Passes everything but bad lines past the first `MAX_REPORTED_ERRORS`.
+fn capped(mut report: impl FnMut(Report)) -> impl FnMut(Report) {
+    let mut errors = 0u64;
+    move |r: Report| {
+        if let Report::Error { line, .. } = &r {
+            errors += 1;
+            if errors > MAX_REPORTED_ERRORS {
+                return;
+            }
+            if errors == MAX_REPORTED_ERRORS {
+                report(Report::Error {
+                    line: *line,
+                    error: error_value(
+                        "validation_failed",
+                        "more bad lines follow; only their count is reported",
+                        None,
+                    ),
+                });
+                return;
+            }
+        }
+        report(r)
+    }
+}
+
+type Written =
+    Result<crate::storage::Committed<crate::storage::ImportOutcome>, crate::storage::StoreError>;
+
+fn start(store: &DynStore, batch: ImportBatch) -> tokio::task::JoinHandle<Written> {
+    let store = store.clone();
+    tokio::spawn(async move { store.import_batch(&batch).await })
+}
+
+/// Waits for a batch's commit, then reports its bad lines and the progress.
+async fn finish(
+    writing: tokio::task::JoinHandle<Written>,
     bus: &ChangeBus,
-    batch: &mut ImportBatch,
     counts: &mut Counts,
     report: &mut impl FnMut(Report),
 ) -> Result<(), crate::storage::StoreError> {
-    let taken = std::mem::take(batch);
-    let committed = store.import_batch(&taken).await?;
+    let committed = writing.await.map_err(|e| {
+        crate::storage::StoreError::Other(anyhow::anyhow!("import batch task: {e}"))
+    })??;
     bus.publish(committed.changes);
     let o = committed.value;
     counts.users += o.users;

@@ -58,11 +58,27 @@ pub struct Hub {
     bridge: OnceLock<Arc<Bridge>>,
     /// Client events per socket.
     limiter: Option<RateLimiter>,
+    /// Changes to deliver, local and remote, into the one task that delivers them in position
+    /// order.
+    inbound: tokio::sync::mpsc::UnboundedSender<Inbound>,
 }
 
-/// Builds the Socket.IO layer and its hub, and starts delivery. Must run inside tokio.
-pub fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, Arc<Hub>)> {
+/// What the in-order delivery task handles.
+enum Inbound {
+    /// A committed change, local or remote.
+    Change(Arc<Change>),
+    /// A socket just connected: its rooms are set from the database in delivery order, so a
+    /// membership change committed while it connected is neither missed nor undone.
+    Rooms(SocketRef),
+}
+
+/// Builds the Socket.IO layer and its hub, and starts delivery.
+pub async fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, Arc<Hub>)> {
+    // Where in-order delivery starts: read before the server takes any request.
+    let head = state.store.last_position().await?;
+    let (inbound, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
     let hub = Arc::new(Hub {
+        inbound,
         limiter: state.config.socket_rate_limit.map(RateLimiter::new),
         node: uuid::Uuid::now_v7().to_string(),
         bridge: OnceLock::new(),
@@ -84,7 +100,8 @@ pub fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, Arc<Hu
         let _ = hub.bridge.set(bridge);
         tokio::spawn(heartbeat(hub.clone()));
     }
-    tokio::spawn(forward_commits(io.clone(), hub.clone()));
+    tokio::spawn(forward_commits(hub.clone()));
+    tokio::spawn(in_order(io.clone(), hub.clone(), inbound_rx, head));
     Ok((layer, io, hub))
 }
 
@@ -104,8 +121,7 @@ impl Hub {
     fn remote(self: &Arc<Self>, io: &SocketIo, env: Envelope) {
         match env {
             Envelope::Change { change, .. } => {
-                let (hub, io) = (self.clone(), io.clone());
-                tokio::spawn(async move { hub.deliver(&io, &change).await });
+                let _ = self.inbound.send(Inbound::Change(Arc::new(change)));
             }
             Envelope::Typing {
                 conversation_id,
@@ -234,6 +250,26 @@ impl Hub {
         }
     }
 
+    /// Puts a socket in exactly the rooms of its user's conversations, as the database has them.
+    async fn set_rooms(&self, socket: &SocketRef) {
+        let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() else {
+            return;
+        };
+        let Ok(ids) = self.state.store.conversation_ids_of(&user).await else {
+            return;
+        };
+        let wanted: std::collections::HashSet<String> =
+            ids.into_iter().map(|c| format!("c:{c}")).collect();
+        let stale: Vec<String> = socket
+            .rooms()
+            .into_iter()
+            .map(|r| r.to_string())
+            .filter(|r| r.starts_with("c:") && !wanted.contains(r))
+            .collect();
+        socket.leave(stale);
+        socket.join(wanted.into_iter().collect::<Vec<_>>());
+    }
+
     fn deliver_typing(&self, io: &SocketIo, conversation_id: &str, user_id: &str, typing: bool) {
         let payload =
             json!({"conversation_id": conversation_id, "user_id": user_id, "typing": typing});
@@ -286,8 +322,8 @@ fn drop_slow(socket: SocketRef) {
     });
 }
 
-/// This node's commits: delivered here, and published for the other nodes.
-async fn forward_commits(io: SocketIo, hub: Arc<Hub>) {
+/// This node's commits: published for the other nodes, and queued for delivery here.
+async fn forward_commits(hub: Arc<Hub>) {
     let mut changes = hub.state.bus.subscribe();
     loop {
         match changes.recv().await {
@@ -296,13 +332,81 @@ async fn forward_commits(io: SocketIo, hub: Arc<Hub>) {
                     node: hub.node.clone(),
                     change: (*change).clone(),
                 });
-                hub.deliver(&io, &change).await;
+                let _ = hub.inbound.send(Inbound::Change(change));
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                // The gap is filled from the change log by `in_order`.
                 tracing::warn!(missed = n, "realtime fell behind the change bus");
                 metrics::counter!("confab_realtime_lagged_total").increment(n);
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// How long a gap in positions may wait for its change to arrive (another worker's publish, or
+/// another node's through Redis) before it is read from the change log.
+const GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Delivers changes strictly in position order, so that an event's `sync_token` is a safe point
+/// to resume sync from: every change before it has been delivered. Positions are dense (a
+/// rolled-back transaction gives its positions back), so a missing one is a change still on its
+/// way: it is awaited briefly, then read from the change log (by the ordering argument of
+/// docs/sync.md, a later position being committed means the missing one is too). This also
+/// carries other nodes' changes when Redis is down, a little later.
+async fn in_order(
+    io: SocketIo,
+    hub: Arc<Hub>,
+    mut inbound: tokio::sync::mpsc::UnboundedReceiver<Inbound>,
+    head: i64,
+) {
+    let mut next = head + 1;
+    let mut pending: std::collections::BTreeMap<i64, Arc<Change>> = Default::default();
+    let mut gap_since: Option<tokio::time::Instant> = None;
+    loop {
+        let received = match gap_since {
+            None => inbound.recv().await,
+            Some(since) => {
+                tokio::select! {
+                    c = inbound.recv() => c,
+                    _ = tokio::time::sleep_until(since + GAP_WAIT) => {
+                        let upto = pending.keys().next().copied().unwrap_or(next) - 1;
+                        match hub.state.store.changes_between(next - 1, upto).await {
+                            Ok(missing) => {
+                                metrics::counter!("confab_realtime_gap_fills_total").increment(1);
+                                for c in missing {
+                                    hub.deliver(&io, &c).await;
+                                }
+                                // Whatever the log no longer has (retention) is skipped.
+                                next = upto + 1;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "could not fill a realtime gap"),
+                        }
+                        gap_since = None;
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(item) = received {
+            match item {
+                Inbound::Change(c) if c.pos >= next => {
+                    pending.insert(c.pos, c);
+                }
+                Inbound::Change(_) => {}
+                Inbound::Rooms(socket) => hub.set_rooms(&socket).await,
+            }
+        } else if gap_since.is_none() && pending.is_empty() && inbound.is_closed() {
+            return;
+        }
+        while let Some(c) = pending.remove(&next) {
+            hub.deliver(&io, &c).await;
+            next += 1;
+        }
+        if pending.is_empty() {
+            gap_since = None;
+        } else if gap_since.is_none() {
+            gap_since = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -407,6 +511,9 @@ async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
     if let Some(SocketRooms(rooms)) = socket.extensions.get::<SocketRooms>() {
         socket.join(rooms.to_vec());
     }
+    // The rooms loaded in the handshake may miss a membership change committed since; the
+    // delivery task sets them again, in order with the changes it delivers.
+    let _ = hub.inbound.send(Inbound::Rooms(socket.clone()));
     hub.state.presence.connected(&user);
     metrics::gauge!("confab_realtime_sockets").increment(1.0);
 }

@@ -440,8 +440,14 @@ pub trait Store: Send + Sync + 'static {
     /// Records progress (counts, checkpoint, status, error) and renews the lease.
     async fn update_job(&self, job: &Job, lease_ms: i64) -> StoreResult<()>;
 
+    /// Renews the lease of a running job (its node is alive).
+    async fn touch_job(&self, id: &str, lease_ms: i64) -> StoreResult<()>;
+
     /// Claims running jobs whose lease expired (their node stopped), for `lease_ms`.
     async fn claim_stale_jobs(&self, now: i64, lease_ms: i64) -> StoreResult<Vec<Job>>;
+
+    /// Every change with position in `(after, upto]`, in order (realtime fills gaps with it).
+    async fn changes_between(&self, after: i64, upto: i64) -> StoreResult<Vec<Change>>;
 
     /// The highest committed change position.
     async fn last_position(&self) -> StoreResult<i64>;
@@ -474,7 +480,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Delivery>>;
 
-    /// Makes a delivery due now (its attempts keep counting). NotFound if unknown.
+    /// Makes a delivery due now (its attempts keep counting). NotFound if unknown; Conflict
+    /// while an attempt is in flight (leased).
     async fn retry_delivery(&self, id: &str, now: i64) -> StoreResult<Delivery>;
 
     /// Deliveries per status (for metrics).

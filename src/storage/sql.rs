@@ -758,6 +758,10 @@ macro_rules! sql_store {
                 seq: Option<i64>,
                 pending: &mut Vec<PendingChange>,
             ) -> StoreResult<WriteOutcome> {
+                // The conversation's row lock first, as a send takes it: a batch with a read and
+                // a send of one conversation cannot deadlock with another batch on another node.
+                self.lock_conversation(tx, conversation_id, &Actor::User(user.to_owned()))
+                    .await?;
                 self.tick(1);
                 let row = sqlx::query(
                     "select mb.last_read_seq, c.last_seq from members mb \
@@ -809,7 +813,7 @@ macro_rules! sql_store {
                 tx: &mut Tx,
                 conv: &str,
                 msgs: &[&$crate::storage::ImportMessage],
-            ) -> StoreResult<Vec<i64>> {
+            ) -> StoreResult<(Vec<i64>, i64)> {
                 self.tick(1);
                 let existing: Vec<(String, i64, i64)> = sqlx::query(
                     "select message_id, created_at, seq from messages where conversation_id = $1 order by seq",
@@ -872,8 +876,16 @@ macro_rules! sql_store {
                         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                         .collect::<Result<_, sqlx::Error>>()
                         .map_err(db_error)?;
+                let mut kept: Vec<(i64, i64)> = map.iter().map(|(o, n)| (*o, *n)).collect();
+                kept.sort_unstable();
                 for (user, read) in readers {
-                    if let Some(new) = map.get(&read).filter(|n| **n != read) {
+                    // The new seq of the last kept message at or below the old position.
+                    let target = kept
+                        .iter()
+                        .take_while(|(old, _)| *old <= read)
+                        .last()
+                        .map_or(0, |(_, new)| *new);
+                    if let Some(new) = Some(target).filter(|n| *n != read) {
                         self.tick(1);
                         sqlx::query("update members set last_read_seq = $3 where conversation_id = $1 and user_id = $2")
                             .bind(conv)
@@ -884,7 +896,8 @@ macro_rules! sql_store {
                             .map_err(db_error)?;
                     }
                 }
-                Ok(new_seqs)
+                // Dense again: seqs are 1..=all (retention may have removed the first ones).
+                Ok((new_seqs, all.len() as i64))
             }
 
             async fn tags_of(&self, tx: &mut Tx, id: &str) -> StoreResult<Vec<String>> {
@@ -1897,9 +1910,9 @@ macro_rules! sql_store {
                 }
                 let t = now();
                 self.tick(1);
-                sqlx::query(
+                let done = sqlx::query(
                     "update messages set text = coalesce($2, text), custom = coalesce($3, custom), \
-                     edited_at = $4 where message_id = $1",
+                     edited_at = $4 where message_id = $1 and deleted_at is null",
                 )
                 .bind(message_id)
                 .bind(text)
@@ -1908,6 +1921,10 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+                // Deleted since it was read above (a concurrent delete): a tombstone stays one.
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict("message is deleted".into()));
+                }
                 let message = self.reload_message(&mut tx, message_id).await?;
                 let changes = self
                     .record(
@@ -2133,18 +2150,34 @@ macro_rules! sql_store {
 
             async fn retry_delivery(&self, id: &str, now: i64) -> StoreResult<Delivery> {
                 self.tick(1);
+                // Not while an attempt is in flight: it would be sent twice at once.
                 let sql = format!(
                     "update webhook_deliveries set status = 'pending', next_attempt_at = $2, \
-                     lease_until = 0 where delivery_id = $1 returning {DELIVERY_COLS}"
+                     lease_until = 0 where delivery_id = $1 and lease_until < $2 returning {DELIVERY_COLS}"
                 );
                 let row = sqlx::query(AssertSqlSafe(sql))
                     .bind(id)
                     .bind(now)
                     .fetch_optional(&self.writer)
                     .await
-                    .map_err(db_error)?
-                    .ok_or(StoreError::NotFound)?;
-                delivery_from(&row).map_err(db_error)
+                    .map_err(db_error)?;
+                match row {
+                    Some(row) => delivery_from(&row).map_err(db_error),
+                    None => {
+                        self.tick(1);
+                        let exists: Option<i64> = sqlx::query_scalar(
+                            "select attempts from webhook_deliveries where delivery_id = $1",
+                        )
+                        .bind(id)
+                        .fetch_optional(&self.reader)
+                        .await
+                        .map_err(db_error)?;
+                        Err(match exists {
+                            Some(_) => StoreError::Conflict("an attempt is in flight".into()),
+                            None => StoreError::NotFound,
+                        })
+                    }
+                }
             }
 
             async fn delivery_counts(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -2237,8 +2270,12 @@ macro_rules! sql_store {
                 let mut tx = self.begin().await?;
                 let mut pending: Vec<PendingChange> = Vec::new();
 
-                // Users: new ones with their fields; existing ones are left as they are.
-                for chunk in batch.users.chunks(500) {
+                // Users: new ones with their fields; existing ones are left as they are. In id
+                // order, and conversations in external-id order, so two imports cannot deadlock.
+                let mut users: Vec<&(usize, UserInput)> = batch.users.iter().collect();
+                users.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+                users.dedup_by(|a, b| a.1.id == b.1.id);
+                for chunk in users.chunks(500) {
                     self.tick(1);
                     let sql = format!(
                         "insert into users (user_id, name, image_url, kind, custom, created_at, updated_at) \
@@ -2271,7 +2308,12 @@ macro_rules! sql_store {
                 // external id -> (id, last_seq, last_message_at)
                 let mut convs: HashMap<String, (String, i64, Option<i64>)> = HashMap::new();
                 let mut created: Vec<(String, &$crate::storage::ImportConversation)> = Vec::new();
-                for chunk in batch.conversations.chunks(200) {
+                let mut conv_records: Vec<&$crate::storage::ImportConversation> =
+                    batch.conversations.iter().collect();
+                conv_records.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+                // One record per external id (the first): the row and its members agree.
+                conv_records.dedup_by(|a, b| a.external_id == b.external_id);
+                for chunk in conv_records.chunks(200) {
                     self.tick(1);
                     let sql = format!(
                         "insert into conversations (conversation_id, kind, name, image_url, external_id, \
@@ -2467,8 +2509,30 @@ macro_rules! sql_store {
                         groups.entry(conv.as_str()).or_default().push(m);
                     }
                 }
-                let by_id: HashMap<&str, (i64, Option<i64>)> =
-                    convs.values().map(|(id, seq, at)| (id.as_str(), (*seq, *at))).collect();
+                // Lock the conversations that get messages, in id order (as sends lock them), and
+                // read their seq state under the lock: a live send cannot take the same seq.
+                let mut lock_ids: Vec<&str> = groups.keys().copied().collect();
+                lock_ids.sort_unstable();
+                let mut by_id: HashMap<String, (i64, Option<i64>)> = HashMap::new();
+                for chunk in lock_ids.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "select c.conversation_id, c.last_seq, c.last_message_at from conversations c \
+                         where c.conversation_id in ({}) order by c.conversation_id {}",
+                        params(1, chunk.len()),
+                        $lock
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for c in chunk {
+                        q = q.bind(*c);
+                    }
+                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
+                        by_id.insert(
+                            r.try_get(0).map_err(db_error)?,
+                            (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
+                        );
+                    }
+                }
                 let mut rows: Vec<ImportRow> = Vec::new();
                 // (conversation, old last_seq, new last_seq, read target, last id, last at, n)
                 let mut touched: Vec<(String, i64, i64, i64, String, i64, usize)> = Vec::new();
@@ -2477,14 +2541,17 @@ macro_rules! sql_store {
                 for (conv, mut msgs) in group_list {
                     msgs.sort_by_key(|m| (m.created_at, m.line));
                     let (last_seq, last_at) = by_id.get(conv).copied().unwrap_or((0, None));
+                    let mut renumbered = false;
                     // Newer than everything there: appended. Otherwise the conversation is
                     // renumbered so seq follows created_at (docs/import.md).
-                    let seqs: Vec<i64> = if last_at.is_none_or(|at| msgs[0].created_at >= at) {
-                        (1..=msgs.len() as i64).map(|i| last_seq + i).collect()
-                    } else {
-                        self.renumber(&mut tx, conv, &msgs).await?
-                    };
-                    let new_last = last_seq + msgs.len() as i64;
+                    let (seqs, new_last): (Vec<i64>, i64) =
+                        if last_at.is_none_or(|at| msgs[0].created_at >= at) {
+                            let seqs = (1..=msgs.len() as i64).map(|i| last_seq + i).collect();
+                            (seqs, last_seq + msgs.len() as i64)
+                        } else {
+                            renumbered = true;
+                            self.renumber(&mut tx, conv, &msgs).await?
+                        };
                     let mut first_unread: Option<i64> = None;
                     let mut last_id = String::new();
                     let mut last_created = 0;
@@ -2512,7 +2579,10 @@ macro_rules! sql_store {
                         });
                     }
                     let read_to = first_unread.map_or(new_last, |s| s - 1);
-                    touched.push((conv.to_owned(), last_seq, new_last, read_to, last_id, last_created, msgs.len()));
+                    // After a renumber, read positions were remapped to their messages; moving
+                    // them by the old end could mark unread messages read, so they stay.
+                    let old_last = if renumbered { i64::MAX } else { last_seq };
+                    touched.push((conv.to_owned(), old_last, new_last, read_to, last_id, last_created, msgs.len()));
                 }
                 self.bulk_insert_messages(&mut tx, &rows).await?;
                 for chunk in touched.chunks(500) {
@@ -2620,6 +2690,17 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn touch_job(&self, id: &str, lease_ms: i64) -> StoreResult<()> {
+                self.tick(1);
+                sqlx::query("update jobs set lease_until = $2 where job_id = $1 and status = 'running'")
+                    .bind(id)
+                    .bind(now() + lease_ms)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(db_error)?;
+                Ok(())
+            }
+
             async fn claim_stale_jobs(&self, now_ms: i64, lease_ms: i64) -> StoreResult<Vec<Job>> {
                 self.tick(1);
                 let sql = format!(
@@ -2634,6 +2715,20 @@ macro_rules! sql_store {
                     .await
                     .map_err(db_error)?;
                 rows.iter().map(job_from).collect::<Result<_, _>>().map_err(db_error)
+            }
+
+            async fn changes_between(&self, after: i64, upto: i64) -> StoreResult<Vec<Change>> {
+                self.tick(1);
+                let rows = sqlx::query(
+                    "select pos, conversation_id, kind, user_id, data, created_at from changes \
+                     where pos > $1 and pos <= $2 order by pos limit 10000",
+                )
+                .bind(after)
+                .bind(upto)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(db_error)?;
+                rows.iter().map(change_from).collect::<Result<_, _>>().map_err(db_error)
             }
 
             async fn last_position(&self) -> StoreResult<i64> {

@@ -592,3 +592,71 @@ async fn two_nodes_share_redis_and_survive_its_restart() {
     // What was missed cross-node is in sync.
     drop(redis);
 }
+
+fn token_pos(token: &str) -> i64 {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .unwrap();
+    String::from_utf8(raw)
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+/// With several write workers committing concurrently, events still reach a socket in position
+/// order, so the `sync_token` of any event is a point to resume sync from: no gap, no overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_in_position_order_and_resume_sync() {
+    let app = app(Db::Postgres).await;
+    let senders: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let refs: Vec<&str> = senders.iter().map(String::as_str).collect();
+    let mut convs = Vec::new();
+    for _ in 0..4 {
+        convs.push(app.conversation("reader", "group", &refs).await);
+    }
+    let mut reader = socket(&app, "reader").await;
+    let total = 8 * 12;
+    join_all(senders.iter().enumerate().map(|(i, s)| {
+        let (app, convs) = (&app, &convs);
+        async move {
+            for j in 0..12 {
+                app.send(s, &convs[(i + j) % 4], &format!("{s}-{j}"), "x")
+                    .await;
+            }
+        }
+    }))
+    .await;
+    let mut positions = Vec::new();
+    let mut tokens = Vec::new();
+    while positions.len() < total {
+        let m = reader.event("message.new").await;
+        let t = m["sync_token"].as_str().unwrap().to_owned();
+        positions.push(token_pos(&t));
+        tokens.push(t);
+    }
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in position order: {positions:?}"
+    );
+    // Resuming from an event's token gives exactly the events after it.
+    let from = &tokens[total / 2];
+    let page = app
+        .get(
+            &format!("/v1/sync?since={from}&limit=1000"),
+            &app.user("reader"),
+        )
+        .await
+        .expect(200);
+    let rest: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "message.new")
+        .map(|e| token_pos(e["token"].as_str().unwrap()))
+        .collect();
+    assert_eq!(rest, positions[total / 2 + 1..].to_vec());
+}
