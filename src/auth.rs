@@ -68,13 +68,19 @@ impl Keys {
     /// The principal of a valid token; `None` for anything malformed, expired, wrongly signed or
     /// not HS256.
     pub fn verify(&self, token: &str) -> Option<Principal> {
+        self.verify_until(token).map(|(p, _)| p)
+    }
+
+    /// The principal and the token's expiry (seconds since the epoch).
+    pub fn verify_until(&self, token: &str) -> Option<(Principal, u64)> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         if data.header.alg != Algorithm::HS256 {
             return None;
         }
+        let exp = data.claims.exp;
         match (data.claims.server, data.claims.sub) {
-            (true, _) => Some(Principal::Server),
-            (false, Some(sub)) => Some(Principal::User(sub)),
+            (true, _) => Some((Principal::Server, exp)),
+            (false, Some(sub)) => Some((Principal::User(sub), exp)),
             (false, None) => None,
         }
     }

@@ -228,5 +228,9 @@ async fn deactivate(
         return Err(ApiError::NotFound);
     }
     state.store.deactivate_user(&id).await?;
+    // Tokens stop working, and so do open sockets.
+    if let Some(hub) = state.realtime.get().and_then(|w| w.upgrade()) {
+        hub.user_deactivated(&id);
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -41,6 +41,10 @@ pub enum Envelope {
         node: String,
         users: Vec<String>,
     },
+    Deactivated {
+        node: String,
+        user_id: String,
+    },
 }
 
 impl Envelope {
@@ -49,7 +53,8 @@ impl Envelope {
             Envelope::Change { node, .. }
             | Envelope::Typing { node, .. }
             | Envelope::Presence { node, .. }
-            | Envelope::Heartbeat { node, .. } => node,
+            | Envelope::Heartbeat { node, .. }
+            | Envelope::Deactivated { node, .. } => node,
         }
     }
 }

@@ -43,6 +43,10 @@ pub const MAX_BUFFER: usize = 256;
 #[derive(Clone)]
 struct SocketUser(String);
 
+/// When the socket's token expires (seconds since the epoch; a socket extension).
+#[derive(Clone, Copy)]
+struct SocketExpiry(u64);
+
 /// The conversation rooms a socket joins when it connects (a socket extension).
 #[derive(Clone)]
 struct SocketRooms(Arc<Vec<String>>);
@@ -70,6 +74,8 @@ enum Inbound {
     /// A socket just connected: its rooms are set from the database in delivery order, so a
     /// membership change committed while it connected is neither missed nor undone.
     Rooms(SocketRef),
+    /// A user was deactivated: their sockets on this node are closed.
+    Disconnect(String),
 }
 
 /// Builds the Socket.IO layer and its hub, and starts delivery.
@@ -106,6 +112,15 @@ pub async fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, 
 }
 
 impl Hub {
+    /// Closes a deactivated user's sockets, on this node and (through Redis) the others.
+    pub fn user_deactivated(&self, user: &str) {
+        let _ = self.inbound.send(Inbound::Disconnect(user.to_owned()));
+        self.publish(Envelope::Deactivated {
+            node: self.node.clone(),
+            user_id: user.to_owned(),
+        });
+    }
+
     /// Whether cross-node delivery works (`None`: single node, no Redis configured).
     pub fn redis_up(&self) -> Option<bool> {
         self.bridge.get().map(|b| b.is_up())
@@ -136,6 +151,9 @@ impl Hub {
             } => self.state.presence.remote_delta(&node, &user_id, online),
             Envelope::Heartbeat { node, users } => {
                 self.state.presence.remote_heartbeat(&node, users)
+            }
+            Envelope::Deactivated { user_id, .. } => {
+                let _ = self.inbound.send(Inbound::Disconnect(user_id));
             }
         }
     }
@@ -395,6 +413,9 @@ async fn in_order(
                 }
                 Inbound::Change(_) => {}
                 Inbound::Rooms(socket) => hub.set_rooms(&socket).await,
+                Inbound::Disconnect(user) => {
+                    let _ = io.to(format!("u:{user}")).disconnect().await;
+                }
             }
         } else if gap_since.is_none() && pending.is_empty() && inbound.is_closed() {
             return;
@@ -474,7 +495,7 @@ async fn authenticate(
         }
     }
     let token = auth.ok().and_then(|a| a.token).ok_or("unauthorized")?;
-    let Some(Principal::User(user)) = hub.state.keys.verify(&token) else {
+    let Some((Principal::User(user), exp)) = hub.state.keys.verify_until(&token) else {
         return Err("unauthorized");
     };
     if check_user_id("sub", &user).is_err() {
@@ -495,6 +516,7 @@ async fn authenticate(
         }
     };
     socket.extensions.insert(SocketRooms(Arc::new(rooms)));
+    socket.extensions.insert(SocketExpiry(exp));
     socket.extensions.insert(SocketUser(user));
     Ok(())
 }
@@ -531,6 +553,16 @@ fn nack(e: &ApiError) -> Value {
 
 /// The socket's user, after the per-socket rate limit.
 fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
+    // A socket outlives its token only until it next speaks.
+    if let Some(SocketExpiry(exp)) = socket.extensions.get::<SocketExpiry>()
+        && chrono::Utc::now().timestamp() > exp as i64
+    {
+        let s = socket.clone();
+        tokio::spawn(async move {
+            let _ = s.disconnect();
+        });
+        return Err(ApiError::Unauthorized);
+    }
     if let Some(l) = &hub.limiter {
         l.check(&socket.id.to_string())?;
     }

@@ -58,6 +58,16 @@ async fn handshake_auth_and_transports(db: Db) {
             .as_deref(),
         Some("unauthorized")
     );
+    // Deactivating a user closes their open sockets too.
+    let mut doomed = socket(&app, "doomed").await;
+    assert_eq!(
+        app.delete("/v1/users/doomed", &app.server())
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    assert_eq!(doomed.closed_by_server().await, "io server disconnect");
     // Allowed origins are enforced on the handshake.
     let url = fresh_database(app.db).await;
     let mut config = test_config(&url);

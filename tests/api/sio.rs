@@ -196,6 +196,12 @@ impl SioClient {
         self.take(|v| v["type"] == "stalled").await;
     }
 
+    /// Waits for the server to close this socket; returns the client's reason.
+    pub async fn closed_by_server(&mut self) -> String {
+        let v = self.take(|v| v["type"] == "disconnect").await;
+        v["reason"].as_str().unwrap_or_default().to_owned()
+    }
+
     pub async fn disconnect(&mut self) {
         self.send(json!({"cmd": "disconnect"})).await;
         self.take(|v| v["type"] == "disconnect").await;
