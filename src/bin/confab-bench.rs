@@ -1,0 +1,1086 @@
+//! `confab-bench`: load generator for a running `confab serve`, over real HTTP, from a separate
+//! process.
+//!
+//! - `confab-bench seed` generates a skewed dataset and streams it to `POST /v1/import`.
+//! - `confab-bench run` runs closed-loop workers per scenario and concurrency for a fixed
+//!   duration and reports throughput and latency percentiles; with `--database-url` it also
+//!   measures the naive ceiling for `send` (one insert per transaction, straight to the database).
+//!
+//! Every request uses the server token, acting as a user with `?as=` where the endpoint needs one.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::sync::Barrier;
+
+#[derive(Parser)]
+#[command(
+    name = "confab-bench",
+    about = "Benchmark a running confab server over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a skewed dataset and stream it to POST /v1/import.
+    Seed(SeedArgs),
+    /// Run scenarios at several concurrencies and report throughput and latency.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct Target {
+    /// Base URL of the running server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A server token (`confab token --server`).
+    #[arg(long, env = "CONFAB_BENCH_TOKEN")]
+    token: String,
+}
+
+#[derive(Args)]
+struct SeedArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Users `bu0`..`bu{N-1}` (plus the heavy user `heavy`).
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Conversations `bc0`..: mostly direct, some groups.
+    #[arg(long, default_value_t = 5000)]
+    conversations: usize,
+    /// Messages, skewed: 80% go to 10% of the conversations.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// How many conversations the user `heavy` is a member of.
+    #[arg(long, default_value_t = 1000)]
+    heavy_user_conversations: usize,
+    /// Random seed (the dataset is deterministic for a seed).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Also measure the naive ceiling for `send` on this database (postgres://… or sqlite://…).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Comma-separated: send, inbox (also reports inbox_heavy), page (also page_before),
+    /// sync_idle, create_direct, healthz.
+    #[arg(
+        long,
+        default_value = "send,inbox,page,sync_idle,create_direct,healthz"
+    )]
+    scenarios: String,
+    /// Measured time per scenario and concurrency (`500ms`, `10s`, `1m`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before each measurement, same loop.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Comma-separated numbers of closed-loop workers.
+    #[arg(long, default_value = "1,16,64")]
+    concurrency: String,
+    /// Seeded users `bu0`..`bu{N-1}` whose conversations are discovered for the scenarios.
+    #[arg(long, default_value_t = 200)]
+    sample_users: usize,
+    /// The user in many conversations, for `inbox_heavy`.
+    #[arg(long, default_value = "heavy")]
+    heavy_user: String,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("duration must be positive".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // reqwest is built with rustls and no default provider: install one for https URLs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().cmd {
+        Cmd::Seed(a) => seed(a).await,
+        Cmd::Run(a) => run(a).await,
+    }
+}
+
+fn base(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// seed
+
+/// A user index skewed toward low indices: `bu0` is in many conversations, most users in few.
+fn skewed(rng: &mut StdRng, n: usize) -> usize {
+    let r: f64 = rng.random();
+    ((r * r * r) * n as f64) as usize % n
+}
+
+fn uid(i: usize, users: usize) -> String {
+    if i == users {
+        "heavy".to_owned()
+    } else {
+        format!("bu{i}")
+    }
+}
+
+/// Writes the NDJSON lines in chunks of about 256 KiB into `tx`.
+fn generate(a: &SeedArgs, tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let users = a.users;
+    let mut buf: Vec<u8> = Vec::with_capacity(300 << 10);
+    let emit = |buf: &mut Vec<u8>, v: Value, force: bool| -> anyhow::Result<()> {
+        if !v.is_null() {
+            serde_json::to_writer(&mut *buf, &v)?;
+            buf.push(b'\n');
+        }
+        if buf.len() >= 256 << 10 || (force && !buf.is_empty()) {
+            tx.blocking_send(std::mem::take(buf))
+                .map_err(|_| anyhow::anyhow!("the upload stopped"))?;
+        }
+        Ok(())
+    };
+    for u in 0..users {
+        emit(
+            &mut buf,
+            json!({"record": "user", "id": uid(u, users), "name": format!("Bench User {u}")}),
+            false,
+        )?;
+    }
+    emit(
+        &mut buf,
+        json!({"record": "user", "id": "heavy", "name": "Heavy User"}),
+        false,
+    )?;
+
+    // Index `users` stands for the heavy user.
+    let mut pairs: HashSet<(usize, usize)> = HashSet::new();
+    let mut members: Vec<Vec<usize>> = Vec::with_capacity(a.conversations);
+    let group = |rng: &mut StdRng, first: Option<usize>| -> Vec<usize> {
+        let size = rng
+            .random_range(3..=8)
+            .min(users + usize::from(first.is_some()));
+        let mut ms: Vec<usize> = first.into_iter().collect();
+        while ms.len() < size {
+            let u = skewed(rng, users);
+            if !ms.contains(&u) {
+                ms.push(u);
+            }
+        }
+        ms
+    };
+    for c in 0..a.conversations {
+        let ms = if c < a.heavy_user_conversations {
+            // The heavy user: a direct conversation with each user, then groups.
+            if c < users {
+                pairs.insert((c, users));
+                vec![users, c]
+            } else {
+                group(&mut rng, Some(users))
+            }
+        } else if users >= 2 && rng.random_bool(0.8) {
+            let mut found = None;
+            for _ in 0..50 {
+                let x = skewed(&mut rng, users);
+                let y = rng.random_range(0..users);
+                let p = (x.min(y), x.max(y));
+                if x != y && pairs.insert(p) {
+                    found = Some(vec![x, y]);
+                    break;
+                }
+            }
+            found.unwrap_or_else(|| group(&mut rng, None))
+        } else {
+            group(&mut rng, None)
+        };
+        let kind = if ms.len() == 2 && (ms[0] == users || c >= a.heavy_user_conversations) {
+            "direct"
+        } else {
+            "group"
+        };
+        let ids: Vec<String> = ms.iter().map(|&m| uid(m, users)).collect();
+        let mut rec = json!({"record": "conversation", "external_id": format!("bc{c}"),
+            "type": kind, "member_ids": ids});
+        if kind == "group" {
+            rec["name"] = json!(format!("Bench Group {c}"));
+        }
+        emit(&mut buf, rec, false)?;
+        members.push(ms);
+    }
+
+    // 80% of the messages go to 10% of the conversations, the rest anywhere.
+    if a.conversations > 0 {
+        let mut order: Vec<usize> = (0..a.conversations).collect();
+        order.shuffle(&mut rng);
+        let active = &order[..(a.conversations / 10).max(1)];
+        let start = chrono::Utc::now() - chrono::Duration::seconds(a.messages as i64 + 60);
+        const WORDS: [&str; 12] = [
+            "hello", "order", "delivery", "thanks", "tomorrow", "price", "ok", "the", "invoice",
+            "meeting", "photo", "great",
+        ];
+        for i in 0..a.messages {
+            let c = if rng.random_bool(0.8) {
+                *active.choose(&mut rng).unwrap()
+            } else {
+                rng.random_range(0..a.conversations)
+            };
+            let sender = *members[c].choose(&mut rng).unwrap();
+            let n = rng.random_range(3..20);
+            let text: Vec<&str> = (0..n).map(|_| *WORDS.choose(&mut rng).unwrap()).collect();
+            let at = start + chrono::Duration::seconds(i as i64);
+            emit(
+                &mut buf,
+                json!({"record": "message", "conversation_external_id": format!("bc{c}"),
+                    "external_id": format!("bm{i}"), "sender_id": uid(sender, users),
+                    "text": text.join(" "),
+                    "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}),
+                false,
+            )?;
+        }
+    }
+    emit(&mut buf, Value::Null, true)
+}
+
+async fn seed(a: SeedArgs) -> anyhow::Result<()> {
+    if a.users == 0 {
+        bail!("--users must be at least 1");
+    }
+    if a.heavy_user_conversations > a.conversations {
+        bail!("--heavy-user-conversations cannot exceed --conversations");
+    }
+    let url = format!("{}/v1/import", base(&a.target.url));
+    let token = a.target.token.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let bytes_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = bytes_sent.clone();
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |chunk| {
+        counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(bytes::Bytes::from(chunk))
+    });
+    let started = Instant::now();
+    let generator = tokio::task::spawn_blocking(move || generate(&a, tx));
+    let res = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = res.status();
+    if !status.is_success() {
+        bail!("{status}: {}", res.text().await.unwrap_or_default());
+    }
+    let mut stream = res.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut summary: Option<Value> = None;
+    let mut bad_lines = 0u64;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if v.get("done").and_then(Value::as_bool) == Some(true) {
+                summary = Some(v);
+            } else if v.get("line").is_some() {
+                bad_lines += 1;
+                if bad_lines <= 10 {
+                    eprintln!("line {}: {}", v["line"], v["error"]);
+                }
+            } else if let Some(p) = v.get("progress") {
+                eprint!(
+                    "\rimported users {} conversations {} messages {} errors {}   ",
+                    p["users"], p["conversations"], p["messages"], p["errors"]
+                );
+            }
+        }
+    }
+    eprintln!();
+    generator.await??;
+    let elapsed = started.elapsed().as_secs_f64();
+    let Some(summary) = summary else {
+        bail!("the import response ended without a summary line");
+    };
+    let records = ["users", "conversations", "messages"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    println!("{summary}");
+    println!(
+        "elapsed {elapsed:.2} s, {:.1} MB sent, {:.0} records/s, {:.0} messages/s",
+        bytes_sent.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6,
+        records as f64 / elapsed,
+        summary["messages"].as_u64().unwrap_or(0) as f64 / elapsed
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    Send,
+    Inbox,
+    InboxHeavy,
+    Page,
+    PageBefore,
+    SyncIdle,
+    CreateDirect,
+    Healthz,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Send => "send",
+            Scenario::Inbox => "inbox",
+            Scenario::InboxHeavy => "inbox_heavy",
+            Scenario::Page => "page",
+            Scenario::PageBefore => "page_before",
+            Scenario::SyncIdle => "sync_idle",
+            Scenario::CreateDirect => "create_direct",
+            Scenario::Healthz => "healthz",
+        }
+    }
+
+    /// A scenario name from the command line, with the variants it brings along.
+    fn parse(s: &str) -> anyhow::Result<Vec<Scenario>> {
+        Ok(match s.trim() {
+            "send" => vec![Scenario::Send],
+            "inbox" => vec![Scenario::Inbox, Scenario::InboxHeavy],
+            "inbox_heavy" => vec![Scenario::InboxHeavy],
+            "page" => vec![Scenario::Page, Scenario::PageBefore],
+            "page_before" => vec![Scenario::PageBefore],
+            "sync_idle" => vec![Scenario::SyncIdle],
+            "create_direct" => vec![Scenario::CreateDirect],
+            "healthz" => vec![Scenario::Healthz],
+            other => bail!(
+                "unknown scenario {other:?} (send, inbox, page, sync_idle, create_direct, healthz)"
+            ),
+        })
+    }
+
+    fn needs_conversations(self) -> bool {
+        matches!(
+            self,
+            Scenario::Send
+                | Scenario::Inbox
+                | Scenario::Page
+                | Scenario::PageBefore
+                | Scenario::SyncIdle
+        )
+    }
+}
+
+struct Conv {
+    id: String,
+    members: Vec<String>,
+    last_seq: i64,
+}
+
+struct Ctx {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    convs: Vec<Conv>,
+    /// Users with at least one conversation.
+    users: Vec<String>,
+    heavy: String,
+    /// Makes client ids and new user ids unique across runs.
+    run_id: String,
+}
+
+struct Worker {
+    rng: StdRng,
+    id: usize,
+    n: u64,
+    /// `sync_idle`: the user and the last token.
+    sync: Option<(String, String)>,
+}
+
+#[derive(Default, Clone, serde::Serialize)]
+struct Row {
+    scenario: String,
+    concurrency: usize,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    ok: u64,
+    errors: u64,
+    seconds: f64,
+    /// For `send`: Confab's ops/s divided by the naive ceiling's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confab_over_raw: Option<f64>,
+}
+
+impl Ctx {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn check(res: reqwest::Response) -> Result<Value, String> {
+        let status = res.status();
+        let body = res.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(format!(
+                "{status}: {}",
+                text.chars().take(200).collect::<String>()
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("bad json: {e}"))
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, String> {
+        let res = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Self::check(res).await
+    }
+
+    async fn post(&self, path: &str, user: &str, body: &Value) -> Result<Value, String> {
+        let res = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .query(&[("as", user)])
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Self::check(res).await
+    }
+
+    fn conv(&self, w: &mut Worker) -> &Conv {
+        self.convs.choose(&mut w.rng).expect("conversations")
+    }
+
+    /// Before the measured loop: `sync_idle` takes its first token here.
+    async fn init(&self, sc: Scenario, w: &mut Worker) -> Result<(), String> {
+        if sc == Scenario::SyncIdle {
+            let user = self.users.choose(&mut w.rng).expect("users").clone();
+            let v = self.get("/v1/sync", &[("as", user.clone())]).await?;
+            let token = v["next_token"]
+                .as_str()
+                .ok_or("sync without next_token")?
+                .to_owned();
+            w.sync = Some((user, token));
+        }
+        Ok(())
+    }
+
+    async fn op(&self, sc: Scenario, w: &mut Worker) -> Result<(), String> {
+        w.n += 1;
+        match sc {
+            Scenario::Send => {
+                let c = self.conv(w);
+                let user = c.members.choose(&mut w.rng).expect("members").clone();
+                let body = json!({
+                    "client_id": format!("b{}-{}-{}", self.run_id, w.id, w.n),
+                    "text": format!("bench message {} from worker {}", w.n, w.id),
+                });
+                let path = format!("/v1/conversations/{}/messages", c.id);
+                self.post(&path, &user, &body).await.map(drop)
+            }
+            Scenario::Inbox | Scenario::InboxHeavy => {
+                let user = if sc == Scenario::Inbox {
+                    self.users.choose(&mut w.rng).expect("users").clone()
+                } else {
+                    self.heavy.clone()
+                };
+                let v = self
+                    .get("/v1/conversations", &[("as", user), ("limit", "30".into())])
+                    .await?;
+                v["conversations"]
+                    .as_array()
+                    .map(drop)
+                    .ok_or_else(|| "no conversations array".into())
+            }
+            Scenario::Page | Scenario::PageBefore => {
+                let c = self.conv(w);
+                let user = c.members.choose(&mut w.rng).expect("members").clone();
+                let mut q = vec![("as", user), ("limit", "50".to_owned())];
+                if sc == Scenario::PageBefore {
+                    let seq = w.rng.random_range(1..=c.last_seq.max(1) + 1);
+                    q.push(("before_seq", seq.to_string()));
+                }
+                let path = format!("/v1/conversations/{}/messages", c.id);
+                self.get(&path, &q).await.map(drop)
+            }
+            Scenario::SyncIdle => {
+                let (user, token) = w.sync.as_ref().ok_or("sync not initialized")?;
+                let v = self
+                    .get(
+                        "/v1/sync",
+                        &[("as", user.clone()), ("since", token.clone())],
+                    )
+                    .await?;
+                let next = v["next_token"]
+                    .as_str()
+                    .ok_or("sync without next_token")?
+                    .to_owned();
+                if let Some(s) = w.sync.as_mut() {
+                    s.1 = next;
+                }
+                Ok(())
+            }
+            Scenario::CreateDirect => {
+                let me = format!("bn{}w{}n{}a", self.run_id, w.id, w.n);
+                let other = format!("bn{}w{}n{}b", self.run_id, w.id, w.n);
+                let body = json!({"type": "direct", "member_ids": [other]});
+                self.post("/v1/conversations", &me, &body).await.map(drop)
+            }
+            Scenario::Healthz => {
+                let res = self
+                    .client
+                    .get(self.url("/readyz"))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Self::check(res).await.map(drop)
+            }
+        }
+    }
+}
+
+/// Finds conversations through the listing of the sampled seeded users.
+async fn discover(ctx: &mut Ctx, sample: usize) -> anyhow::Result<()> {
+    let ctx_ref = &*ctx;
+    let results: Vec<(String, Result<Value, String>)> =
+        futures_util::stream::iter((0..sample).map(|i| format!("bu{i}")))
+            .map(|u| async move {
+                let r = ctx_ref
+                    .get(
+                        "/v1/conversations",
+                        &[("as", u.clone()), ("limit", "100".into())],
+                    )
+                    .await;
+                (u, r)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+    let mut convs: HashMap<String, Conv> = HashMap::new();
+    let mut users = Vec::new();
+    for (u, r) in results {
+        let v = r.map_err(|e| anyhow::anyhow!("listing as {u}: {e}"))?;
+        let list = v["conversations"].as_array().cloned().unwrap_or_default();
+        if !list.is_empty() {
+            users.push(u);
+        }
+        for c in list {
+            let Some(id) = c["id"].as_str() else { continue };
+            let members: Vec<String> = c["members"]
+                .as_array()
+                .map(|ms| {
+                    ms.iter()
+                        .filter_map(|m| m["user_id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if members.is_empty() {
+                continue;
+            }
+            convs.insert(
+                id.to_owned(),
+                Conv {
+                    id: id.to_owned(),
+                    members,
+                    last_seq: c["last_seq"].as_i64().unwrap_or(0),
+                },
+            );
+        }
+    }
+    let mut convs: Vec<Conv> = convs.into_values().collect();
+    convs.sort_by(|a, b| a.id.cmp(&b.id));
+    ctx.convs = convs;
+    users.sort();
+    ctx.users = users;
+    Ok(())
+}
+
+/// No seeded data found: create a few group conversations to work on.
+async fn create_fallback(ctx: &mut Ctx) -> anyhow::Result<()> {
+    eprintln!("no seeded conversations found (run `confab-bench seed`); creating 20 groups");
+    for g in 0..20 {
+        let members: Vec<String> = (0..5)
+            .map(|m| format!("bf{}g{g}m{m}", ctx.run_id))
+            .collect();
+        let res = ctx
+            .client
+            .post(ctx.url("/v1/conversations"))
+            .bearer_auth(&ctx.token)
+            .json(&json!({"type": "group", "member_ids": members, "name": format!("bench {g}")}))
+            .send()
+            .await?;
+        let v = Ctx::check(res).await.map_err(anyhow::Error::msg)?;
+        let id = v["id"]
+            .as_str()
+            .context("created conversation without id")?;
+        ctx.convs.push(Conv {
+            id: id.to_owned(),
+            members: members.clone(),
+            last_seq: 0,
+        });
+        ctx.users.extend(members);
+    }
+    Ok(())
+}
+
+/// Latencies in microseconds, sorted; a percentile in milliseconds.
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+struct Sample {
+    lat_us: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    start: Instant,
+    end: Instant,
+}
+
+/// Runs `concurrency` closed-loop workers: warmup, then `duration` measured. Each worker stops
+/// starting operations at its deadline; an operation in flight then is waited for (bounded by
+/// the client timeout) and counted.
+async fn measure<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    make_op: F,
+) -> anyhow::Result<Row>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Box<dyn WorkerOp>>> + Send,
+{
+    let barrier = Arc::new(Barrier::new(concurrency));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let barrier = barrier.clone();
+        let make_op = make_op.clone();
+        tasks.push(tokio::spawn(async move {
+            let op = make_op(w).await;
+            barrier.wait().await;
+            let mut op = op?;
+            let warm_end = Instant::now() + warmup;
+            while Instant::now() < warm_end {
+                let _ = op.once().await;
+            }
+            let start = Instant::now();
+            let deadline = start + duration;
+            let mut s = Sample {
+                lat_us: Vec::with_capacity(4096),
+                errors: 0,
+                first_error: None,
+                start,
+                end: start,
+            };
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op.once().await {
+                    Ok(()) => s.lat_us.push(t.elapsed().as_micros() as u64),
+                    Err(e) => {
+                        s.errors += 1;
+                        s.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            s.end = Instant::now();
+            anyhow::Ok(s)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    let (mut start, mut end): (Option<Instant>, Option<Instant>) = (None, None);
+    for t in tasks {
+        let s = t.await??;
+        lat.extend_from_slice(&s.lat_us);
+        errors += s.errors;
+        if first_error.is_none() {
+            first_error = s.first_error;
+        }
+        start = Some(start.map_or(s.start, |x| x.min(s.start)));
+        end = Some(end.map_or(s.end, |x| x.max(s.end)));
+    }
+    if let Some(e) = first_error {
+        eprintln!("  {name} c={concurrency}: {errors} errors, first: {e}");
+    }
+    lat.sort_unstable();
+    let secs = match (start, end) {
+        (Some(s), Some(e)) => (e - s).as_secs_f64(),
+        _ => duration.as_secs_f64(),
+    };
+    Ok(Row {
+        scenario: name.to_owned(),
+        concurrency,
+        ops_per_s: lat.len() as f64 / secs,
+        p50_ms: pct(&lat, 50.0),
+        p95_ms: pct(&lat, 95.0),
+        p99_ms: pct(&lat, 99.0),
+        max_ms: lat.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+        ok: lat.len() as u64,
+        errors,
+        seconds: secs,
+        confab_over_raw: None,
+    })
+}
+
+/// One operation of a worker, repeated.
+trait WorkerOp: Send {
+    fn once(&mut self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+struct HttpOp {
+    ctx: Arc<Ctx>,
+    sc: Scenario,
+    w: Worker,
+}
+
+impl WorkerOp for HttpOp {
+    fn once(&mut self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.ctx.op(self.sc, &mut self.w).await })
+    }
+}
+
+#[derive(Clone)]
+enum RawDb {
+    Pg(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
+}
+
+struct RawOp {
+    db: RawDb,
+    conv: String,
+    n: u64,
+}
+
+impl WorkerOp for RawOp {
+    fn once(&mut self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.n += 1;
+            let body = format!("naive message {}", self.n);
+            let now = chrono::Utc::now().timestamp_millis();
+            let r = match &self.db {
+                RawDb::Pg(pool) => async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(
+                        "insert into bench_naive (conversation_id, body, created_at) values ($1, $2, $3)",
+                    )
+                    .bind(&self.conv)
+                    .bind(&body)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                }
+                .await,
+                RawDb::Lite(pool) => async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query(
+                        "insert into bench_naive (conversation_id, body, created_at) values (?, ?, ?)",
+                    )
+                    .bind(&self.conv)
+                    .bind(&body)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                }
+                .await,
+            };
+            r.map_err(|e| e.to_string())
+        })
+    }
+}
+
+async fn raw_pool(url: &str, size: u32) -> anyhow::Result<RawDb> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(size)
+            .min_connections(size)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::query(
+            "create table if not exists bench_naive (id bigserial primary key, \
+             conversation_id text, body text, created_at bigint)",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(RawDb::Pg(pool))
+    } else if url.starts_with("sqlite:") {
+        // The same durability as the server: WAL, synchronous=FULL.
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .context("opening SQLite")?;
+        sqlx::query(
+            "create table if not exists bench_naive (id integer primary key, \
+             conversation_id text, body text, created_at bigint)",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(RawDb::Lite(pool))
+    } else {
+        bail!("--database-url must be postgres://… or sqlite://…")
+    }
+}
+
+fn fmt_ms(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x < 10.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let header = [
+        "scenario", "conc", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "vs raw",
+    ];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.scenario.clone(),
+                r.concurrency.to_string(),
+                format!("{:.0}", r.ops_per_s),
+                fmt_ms(r.p50_ms),
+                fmt_ms(r.p95_ms),
+                fmt_ms(r.p99_ms),
+                fmt_ms(r.max_ms),
+                r.errors.to_string(),
+                r.confab_over_raw
+                    .map_or(String::new(), |x| format!("{x:.2}x")),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut s = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i == 0 {
+                s += &format!("{c:<w$}", w = width[i]);
+            } else {
+                s += &format!("  {c:>w$}", w = width[i]);
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(&header.map(String::from));
+    for row in &cells {
+        line(row);
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for s in a.scenarios.split(',').filter(|s| !s.trim().is_empty()) {
+        for sc in Scenario::parse(s)? {
+            if !scenarios.contains(&sc) {
+                scenarios.push(sc);
+            }
+        }
+    }
+    let concurrency: Vec<usize> = a
+        .concurrency
+        .split(',')
+        .map(|c| c.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("--concurrency: comma-separated numbers")?;
+    if concurrency.contains(&0) {
+        bail!("--concurrency must be at least 1");
+    }
+    let max_conc = concurrency.iter().copied().max().unwrap_or(1);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(max_conc * 2)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let mut ctx = Ctx {
+        client,
+        base: base(&a.target.url),
+        token: a.target.token.clone(),
+        convs: Vec::new(),
+        users: Vec::new(),
+        heavy: a.heavy_user.clone(),
+        run_id,
+    };
+    // Fail early on a wrong URL or token.
+    ctx.get("/v1/conversations", &[("as", ctx.heavy.clone())])
+        .await
+        .map_err(|e| anyhow::anyhow!("checking the server and token: {e}"))?;
+    if scenarios.iter().any(|s| s.needs_conversations()) {
+        discover(&mut ctx, a.sample_users).await?;
+        if ctx.convs.is_empty() {
+            create_fallback(&mut ctx).await?;
+        }
+        eprintln!(
+            "discovered {} conversations of {} users (sampled bu0..bu{})",
+            ctx.convs.len(),
+            ctx.users.len(),
+            a.sample_users.saturating_sub(1)
+        );
+    }
+    let ctx = Arc::new(ctx);
+    let mut rows: Vec<Row> = Vec::new();
+    for &sc in &scenarios {
+        for &c in &concurrency {
+            let ctx = ctx.clone();
+            let make = move |w: usize| {
+                let ctx = ctx.clone();
+                async move {
+                    let mut worker = Worker {
+                        rng: StdRng::seed_from_u64(w as u64 * 7919 + 1),
+                        id: w,
+                        n: 0,
+                        sync: None,
+                    };
+                    ctx.init(sc, &mut worker)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{} setup: {e}", sc.name()))?;
+                    Ok(Box::new(HttpOp { ctx, sc, w: worker }) as Box<dyn WorkerOp>)
+                }
+            };
+            let row = measure(sc.name(), c, a.warmup, a.duration, make).await?;
+            eprintln!(
+                "{} c={} {:.0} ops/s p50 {} ms p99 {} ms errors {}",
+                row.scenario,
+                c,
+                row.ops_per_s,
+                fmt_ms(row.p50_ms),
+                fmt_ms(row.p99_ms),
+                row.errors
+            );
+            rows.push(row);
+        }
+    }
+
+    if let Some(db_url) = &a.database_url
+        && scenarios.contains(&Scenario::Send)
+    {
+        for &c in &concurrency {
+            let db = raw_pool(db_url, c as u32).await?;
+            let make = {
+                let db = db.clone();
+                move |w: usize| {
+                    let db = db.clone();
+                    async move {
+                        Ok(Box::new(RawOp {
+                            db,
+                            conv: format!("naive-{w}"),
+                            n: 0,
+                        }) as Box<dyn WorkerOp>)
+                    }
+                }
+            };
+            let row = measure("send_raw", c, a.warmup, a.duration, make).await?;
+            eprintln!(
+                "send_raw c={} {:.0} ops/s p50 {} ms p99 {} ms errors {}",
+                c,
+                row.ops_per_s,
+                fmt_ms(row.p50_ms),
+                fmt_ms(row.p99_ms),
+                row.errors
+            );
+            match db {
+                RawDb::Pg(p) => p.close().await,
+                RawDb::Lite(p) => p.close().await,
+            }
+            if let Some(send) = rows
+                .iter_mut()
+                .find(|r| r.scenario == "send" && r.concurrency == c)
+                && row.ops_per_s > 0.0
+            {
+                send.confab_over_raw = Some(send.ops_per_s / row.ops_per_s);
+            }
+            rows.push(row);
+        }
+    }
+
+    print_table(&rows);
+    if let Some(path) = &a.json {
+        let out = json!({
+            "url": a.target.url,
+            "duration_s": a.duration.as_secs_f64(),
+            "warmup_s": a.warmup.as_secs_f64(),
+            "concurrency": concurrency,
+            "raw_database": a.database_url.as_ref().map(|u| u.split('@').next_back().unwrap_or(u).to_owned()),
+            "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
