@@ -223,7 +223,7 @@ impl FromRequestParts<AppState> for Caller {
                 if check_user_id("sub", sub).is_err() {
                     return Err(ApiError::Unauthorized);
                 }
-                if state.store.user_for_token(sub).await? == UserState::Deactivated {
+                if state.user_state(sub).await? == UserState::Deactivated {
                     return Err(ApiError::Unauthorized);
                 }
                 Some(sub.clone())
@@ -234,7 +234,7 @@ impl FromRequestParts<AppState> for Caller {
                     None => None,
                     Some(u) => {
                         check_user_id("as", u)?;
-                        if state.store.user_for_token(u).await? == UserState::Deactivated {
+                        if state.user_state(u).await? == UserState::Deactivated {
                             return Err(ApiError::Forbidden("that user is deactivated".into()));
                         }
                         Some(u.to_owned())

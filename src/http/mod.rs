@@ -63,7 +63,14 @@ pub struct AppState {
     pub realtime: Arc<OnceLock<Weak<Hub>>>,
     /// Imports and source jobs running at once.
     pub import_slots: Arc<tokio::sync::Semaphore>,
+    /// Users recently seen active, so a request's auth needs no query (see `user_state`).
+    active_users: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
 }
+
+/// How long an active user is trusted without asking the database. Deactivation clears the
+/// entry at once on its node and, through Redis, on the others; without Redis another node
+/// may accept the user's token for up to this long.
+const ACTIVE_USER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl AppState {
     pub fn new(
@@ -92,12 +99,51 @@ impl AppState {
             presence,
             realtime: Arc::default(),
             import_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            active_users: Arc::default(),
         }
     }
 
     /// Whether the Redis bridge is up (`None`: no Redis configured, or realtime not started).
     pub fn redis_up(&self) -> Option<bool> {
         self.realtime.get()?.upgrade()?.redis_up()
+    }
+
+    /// The state of a token's user (creating the user bare when unknown), from a short-lived
+    /// cache of active users first.
+    pub async fn user_state(
+        &self,
+        user: &str,
+    ) -> crate::storage::StoreResult<crate::storage::UserState> {
+        let now = Instant::now();
+        {
+            let mut cache = self.active_users.lock().expect("active users lock");
+            match cache.get(user) {
+                Some(at) if now.duration_since(*at) < ACTIVE_USER_TTL => {
+                    return Ok(crate::storage::UserState::Active);
+                }
+                Some(_) => {
+                    cache.remove(user);
+                }
+                None => {}
+            }
+        }
+        let state = self.store.user_for_token(user).await?;
+        if state == crate::storage::UserState::Active {
+            let mut cache = self.active_users.lock().expect("active users lock");
+            if cache.len() > 100_000 {
+                cache.retain(|_, at| now.duration_since(*at) < ACTIVE_USER_TTL);
+            }
+            cache.insert(user.to_owned(), now);
+        }
+        Ok(state)
+    }
+
+    /// Forgets a user's cached active state (deactivated).
+    pub fn forget_user(&self, user: &str) {
+        self.active_users
+            .lock()
+            .expect("active users lock")
+            .remove(user);
     }
 
     /// Fills `online` of users from presence.

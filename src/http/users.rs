@@ -228,6 +228,7 @@ async fn deactivate(
         return Err(ApiError::NotFound);
     }
     state.store.deactivate_user(&id).await?;
+    state.forget_user(&id);
     // Tokens stop working, and so do open sockets.
     if let Some(hub) = state.realtime.get().and_then(|w| w.upgrade()) {
         hub.user_deactivated(&id);

@@ -153,6 +153,7 @@ impl Hub {
                 self.state.presence.remote_heartbeat(&node, users)
             }
             Envelope::Deactivated { user_id, .. } => {
+                self.state.forget_user(&user_id);
                 let _ = self.inbound.send(Inbound::Disconnect(user_id));
             }
         }
@@ -501,7 +502,7 @@ async fn authenticate(
     if check_user_id("sub", &user).is_err() {
         return Err("unauthorized");
     }
-    match hub.state.store.user_for_token(&user).await {
+    match hub.state.user_state(&user).await {
         Ok(UserState::Active) => {}
         _ => return Err("unauthorized"),
     }
