@@ -81,7 +81,7 @@ async fn view(
 fn members_presence(state: &AppState, conversations: &mut [Conversation]) {
     for c in conversations {
         for m in &mut c.members {
-            m.user.online = state.presence.is_online(&m.user_id);
+            state.with_presence(std::slice::from_mut(&mut m.user));
         }
     }
 }

@@ -131,14 +131,7 @@ pub async fn to_server(file: &Path, url: &str, token: &str) -> anyhow::Result<St
             let line: Vec<u8> = buf.drain(..=i).collect();
             let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
             if let Some(p) = v.get("progress") {
-                let c: Counts = Counts {
-                    users: p["users"].as_u64().unwrap_or(0),
-                    conversations: p["conversations"].as_u64().unwrap_or(0),
-                    messages: p["messages"].as_u64().unwrap_or(0),
-                    errors: p["errors"].as_u64().unwrap_or(0),
-                    lines: p["lines"].as_u64().unwrap_or(0),
-                    bytes: p["bytes"].as_u64().unwrap_or(0),
-                };
+                let c: Counts = serde_json::from_value(p.clone()).unwrap_or_default();
                 progress.show(&c, false);
             } else if v.get("line").is_some() {
                 eprintln!("\rline {}: {}", v["line"], v["error"]);

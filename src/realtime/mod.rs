@@ -548,8 +548,16 @@ async fn on_disconnect(socket: SocketRef, State(hub): State<Arc<Hub>>, _reason: 
     }
 }
 
-fn nack(e: &ApiError) -> Value {
-    json!({"ok": false, "error": e.body()["error"]})
+/// Answers a client event: `{"ok": true, ...fields}` or `{"ok": false, "error": {...}}`.
+fn answer(ack: AckSender, result: Result<Value, ApiError>) {
+    let reply = match result {
+        Ok(mut fields) => {
+            fields["ok"] = json!(true);
+            fields
+        }
+        Err(e) => json!({"ok": false, "error": e.body()["error"]}),
+    };
+    let _ = ack.send(&reply);
 }
 
 /// The socket's user, after the per-socket rate limit.
@@ -603,11 +611,7 @@ async fn on_send(
         crate::http::messages::send_message(&hub.state, conversation, user, input).await
     }
     .await;
-    let reply = match result {
-        Ok((message, _)) => json!({"ok": true, "message": message}),
-        Err(e) => nack(&e),
-    };
-    let _ = ack.send(&reply);
+    answer(ack, result.map(|(message, _)| json!({"message": message})));
 }
 
 #[derive(Deserialize)]
@@ -629,11 +633,7 @@ async fn on_read(
         crate::http::messages::mark_read(&hub.state, p.conversation_id, user, p.seq).await
     }
     .await;
-    let reply = match result {
-        Ok(seq) => json!({"ok": true, "last_read_seq": seq}),
-        Err(e) => nack(&e),
-    };
-    let _ = ack.send(&reply);
+    answer(ack, result.map(|seq| json!({"last_read_seq": seq})));
 }
 
 #[derive(Deserialize)]
@@ -663,18 +663,15 @@ async fn on_typing(
         }
         Ok((user, p))
     })();
-    let reply = match result {
-        Ok((user, p)) => {
-            hub.deliver_typing(&io, &p.conversation_id, &user, p.typing);
-            hub.publish(Envelope::Typing {
-                node: hub.node.clone(),
-                conversation_id: p.conversation_id,
-                user_id: user,
-                typing: p.typing,
-            });
-            json!({"ok": true})
-        }
-        Err(e) => nack(&e),
-    };
-    let _ = ack.send(&reply);
+    let result = result.map(|(user, p)| {
+        hub.deliver_typing(&io, &p.conversation_id, &user, p.typing);
+        hub.publish(Envelope::Typing {
+            node: hub.node.clone(),
+            conversation_id: p.conversation_id,
+            user_id: user,
+            typing: p.typing,
+        });
+        json!({})
+    });
+    answer(ack, result);
 }
