@@ -19,6 +19,8 @@ pub struct Application {
     state: AppState,
     /// The Socket.IO layer, wrapped around the REST router at `/socket.io/`.
     realtime: socketioxide::layer::SocketIoLayer,
+    /// The Socket.IO server, closed first on shutdown.
+    io: socketioxide::SocketIo,
 }
 
 /// The JWT secret: configured, else the one kept in the database, else a new one kept there.
@@ -80,7 +82,7 @@ impl Application {
             Arc::new(presence),
         );
         let (realtime, io, hub) = realtime::start(state.clone()).await?;
-        realtime::start_presence(io, hub.clone(), global, local);
+        realtime::start_presence(io.clone(), hub.clone(), global, local);
         let _ = state.realtime.set(Arc::downgrade(&hub));
         crate::jobs::start(&state)?;
         // The hub lives as long as the server: the layer's handlers hold it.
@@ -88,6 +90,7 @@ impl Application {
             listener,
             state,
             realtime,
+            io,
         })
     }
 
@@ -99,16 +102,28 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, closes
+    /// every socket's transport (clients see `transport close` and reconnect), finishes
+    /// the requests in flight (their writes commit in the write path's batches and are
+    /// answered), and returns.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let io = self.io;
         let app = router(self.state)
             .layer(self.realtime)
             .into_make_service_with_connect_info::<SocketAddr>();
+        let stopping = async move {
+            shutdown.await;
+            // Sockets first: their transports are closed (the client sees `transport close`
+            // and reconnects by itself, to another node or to this one restarted, then
+            // catches up with /v1/sync); a long-polling request would otherwise hold the
+            // shutdown until its poll ends.
+            io.close().await;
+        };
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stopping)
             .await?;
         Ok(())
     }

@@ -37,6 +37,22 @@ pub struct Config {
     /// How long a node holds a source job between checkpoints before another node may resume
     /// it (`CONFAB_JOB_LEASE`, an extension).
     pub job_lease: Duration,
+    /// SQLite's `synchronous` pragma (`CONFAB_SQLITE_SYNCHRONOUS`, an extension): `full`
+    /// (default) or `extra`; anything lower can lose acknowledged writes and needs
+    /// `allow_unsafe_durability`.
+    pub sqlite_synchronous: SqliteSync,
+    /// Start even on settings that can lose acknowledged writes
+    /// (`CONFAB_ALLOW_UNSAFE_DURABILITY` or `--allow-unsafe-durability`).
+    pub allow_unsafe_durability: bool,
+}
+
+/// SQLite's `synchronous` levels, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSync {
+    Off,
+    Normal,
+    Full,
+    Extra,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity.
@@ -249,7 +265,31 @@ impl Config {
                 .filter(|d| *d >= Duration::from_secs(1))
                 .ok_or_else(|| bad("CONFAB_JOB_LEASE", "must be a duration of at least 1s"))?,
         };
+        let sqlite_synchronous = match get("CONFAB_SQLITE_SYNCHRONOUS").as_deref() {
+            None | Some("full") => SqliteSync::Full,
+            Some("extra") => SqliteSync::Extra,
+            Some("normal") => SqliteSync::Normal,
+            Some("off") => SqliteSync::Off,
+            Some(_) => {
+                return Err(bad(
+                    "CONFAB_SQLITE_SYNCHRONOUS",
+                    "must be one of full, extra, normal, off",
+                ));
+            }
+        };
+        let allow_unsafe_durability = match get("CONFAB_ALLOW_UNSAFE_DURABILITY").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => {
+                return Err(bad(
+                    "CONFAB_ALLOW_UNSAFE_DURABILITY",
+                    "must be true or false",
+                ));
+            }
+        };
         Ok(Config {
+            sqlite_synchronous,
+            allow_unsafe_durability,
             addr,
             retention_interval,
             job_lease,

@@ -16,6 +16,11 @@ use confab::config::{Config, parse_duration};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Start even when the database's settings can lose acknowledged writes (PostgreSQL
+    /// fsync, synchronous_commit or full_page_writes off; SQLite below synchronous=FULL).
+    /// Same as CONFAB_ALLOW_UNSAFE_DURABILITY=true.
+    #[arg(long, global = true)]
+    allow_unsafe_durability: bool,
 }
 
 #[derive(Subcommand)]
@@ -59,7 +64,10 @@ async fn main() {
     let cli = Cli::parse();
     confab::telemetry::init_tracing();
     let config = match Config::from_env() {
-        Ok(c) => c,
+        Ok(mut c) => {
+            c.allow_unsafe_durability |= cli.allow_unsafe_durability;
+            c
+        }
         Err(e) => {
             eprintln!("confab: bad configuration: {e}");
             std::process::exit(2);

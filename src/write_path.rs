@@ -86,10 +86,16 @@ impl WritePath {
             deadline: Instant::now() + self.timeout,
             reply,
         };
-        self.tx
-            .send(queued)
-            .await
-            .map_err(|_| StoreError::Unavailable("write path stopped".into()))?;
+        // A full queue pushes back on the caller, for at most the database timeout.
+        match tokio::time::timeout(self.timeout, self.tx.send(queued)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Unavailable("write path stopped".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "the write queue is full: the database is not keeping up".into(),
+                ));
+            }
+        }
         answer
             .await
             .map_err(|_| StoreError::Unavailable("write path stopped".into()))?

@@ -1,7 +1,7 @@
 //! `/v1/conversations`: create, list, get, patch, tags, members.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use base64::Engine;
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params};
+use super::extract::{Caller, Json, Params, Path};
 use super::openapi::Error;
 use crate::domain::{
     Conversation, MAX_MEMBERS_PER_CALL, MAX_NAME_CHARS, check_custom, check_string, check_tags,

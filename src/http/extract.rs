@@ -41,7 +41,20 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     }
 }
 
-/// Parses JSON, naming the offending path on a shape error.
+/// The deepest nesting a request body may have (serde_json itself stops at 128).
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// How deep a value nests: 1 for a scalar, one more per array or object around it.
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 1,
+    }
+}
+
+/// Parses JSON, naming the offending path on a shape error; refuses nesting deeper than
+/// `MAX_JSON_DEPTH`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     // Syntax first, so malformed JSON is told apart from a wrong shape.
     let value: serde_json::Value =
@@ -49,6 +62,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
             field: None,
             message: format!("malformed JSON: {e}"),
         })?;
+    if depth(&value) > MAX_JSON_DEPTH {
+        return Err(ApiError::Validation {
+            field: None,
+            message: format!("JSON nested deeper than {MAX_JSON_DEPTH} levels"),
+        });
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -63,6 +82,28 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
             message: inner,
         }
     })
+}
+
+/// Path parameters. A segment that is not UTF-8 (or not the expected shape) is 400 in the
+/// contract's body, not axum's plain-text rejection.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| ApiError::Validation {
+                field: None,
+                message: format!("bad path: {}", e.body_text()),
+            })
+    }
 }
 
 /// The query string as named parameters, each read and checked where it is used.
@@ -245,7 +286,7 @@ impl FromRequestParts<AppState> for Caller {
         // The app's backend (server token) is trusted with its own budget: only users are
         // limited per user.
         if let (Some(limit), Principal::User(u)) = (&state.user_limiter, &principal) {
-            limit.check(u)?;
+            limit.check(u).await?;
         }
         Ok(Caller { principal, acting })
     }

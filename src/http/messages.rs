@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params, parse_json};
+use super::extract::{Caller, Json, Params, Path, parse_json};
 use super::openapi::Error;
 use crate::domain::{MAX_TEXT_CHARS, Message, SendInput, check_custom, check_string};
 use crate::storage::{PageBound, WriteOp, WriteOutcome};
@@ -33,6 +33,9 @@ pub async fn send_message(
     input: SendInput,
 ) -> ApiResult<(Message, bool)> {
     input.validate()?;
+    if state.db_down() {
+        return Err(ApiError::Unavailable);
+    }
     let op = WriteOp::Send {
         conversation_id,
         sender_id,

@@ -65,6 +65,11 @@ pub struct AppState {
     pub import_slots: Arc<tokio::sync::Semaphore>,
     /// Users recently seen active, so a request's auth needs no query (see `user_state`).
     active_users: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    /// Set while the database does not answer a ping: requests are answered 503 at once
+    /// instead of each waiting `CONFAB_DB_TIMEOUT` (see `database_trouble`).
+    db_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a task is probing the database.
+    db_probing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long an active user is trusted without asking the database. Deactivation clears the
@@ -87,12 +92,8 @@ impl AppState {
             writes,
             bus,
             keys: Arc::new(keys),
-            user_limiter: config
-                .rate_limit_per_user
-                .map(|l| Arc::new(RateLimiter::new(l))),
-            ip_limiter: config
-                .rate_limit_per_ip
-                .map(|l| Arc::new(RateLimiter::new(l))),
+            user_limiter: limiter(&config, config.rate_limit_per_user, "user"),
+            ip_limiter: limiter(&config, config.rate_limit_per_ip, "ip"),
             config: Arc::new(config),
             metrics: crate::telemetry::metrics_handle(),
             database_id: database_id.into(),
@@ -100,7 +101,46 @@ impl AppState {
             realtime: Arc::default(),
             import_slots: Arc::new(tokio::sync::Semaphore::new(2)),
             active_users: Arc::default(),
+            db_down: Arc::default(),
+            db_probing: Arc::default(),
         }
+    }
+
+    /// Whether the database was found not answering (and not yet found back).
+    pub fn db_down(&self) -> bool {
+        self.db_down.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A request got `unavailable`: pings the database at once, and if it does not answer,
+    /// marks it down and keeps pinging every 250 ms until it does. A slow statement alone
+    /// (the ping answers) marks nothing.
+    pub fn database_trouble(&self) {
+        use std::sync::atomic::Ordering;
+        if self.db_probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let state = self.clone();
+        tokio::spawn(async move {
+            let wait = state
+                .config
+                .db_timeout
+                .min(std::time::Duration::from_secs(1));
+            loop {
+                let ping = tokio::time::timeout(wait, state.store.ping()).await;
+                if matches!(ping, Ok(Ok(()))) {
+                    if state.db_down.swap(false, Ordering::AcqRel) {
+                        tracing::warn!("the database answers again");
+                    }
+                    break;
+                }
+                if !state.db_down.swap(true, Ordering::AcqRel) {
+                    tracing::error!("the database does not answer: requests get 503 until it does");
+                    metrics::counter!("confab_database_down_total").increment(1);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            state.db_probing.store(false, Ordering::Release);
+        });
     }
 
     /// Whether the Redis bridge is up (`None`: no Redis configured, or realtime not started).
@@ -159,6 +199,22 @@ impl AppState {
     }
 }
 
+/// A configured budget, shared through Redis when Redis is configured.
+fn limiter(
+    config: &Config,
+    limit: Option<crate::config::RateLimit>,
+    name: &str,
+) -> Option<Arc<RateLimiter>> {
+    let limit = limit?;
+    let shared = config
+        .redis_url
+        .as_deref()
+        .and_then(|url| RateLimiter::shared(limit, name, url).ok());
+    let limiter = Arc::new(shared.unwrap_or_else(|| RateLimiter::new(limit)));
+    limiter.connect();
+    Some(limiter)
+}
+
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     let compression = CompressionLayer::new().compress_when(
@@ -209,11 +265,22 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     }
     if let Some(limit) = &state.ip_limiter
         && let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
-        && let Err(e) = limit.check(&addr.ip().to_string())
+        && let Err(e) = limit.check(&addr.ip().to_string()).await
     {
         return e.into_response();
     }
-    next.run(req).await
+    // Only the ops endpoints answer without the database.
+    let path = req.uri().path();
+    let needs_db = !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+        && !path.starts_with("/docs");
+    if needs_db && state.db_down() {
+        return ApiError::Unavailable.into_response();
+    }
+    let res = next.run(req).await;
+    if needs_db && res.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+        state.database_trouble();
+    }
+    res
 }
 
 /// Request count and duration by route template and status.

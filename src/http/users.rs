@@ -1,14 +1,14 @@
 //! `/v1/users`: upsert (server), get one, get many, deactivate (server).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params};
+use super::extract::{Caller, Json, Params, Path};
 use super::openapi::Error;
 use crate::domain::User;
 use crate::domain::{MAX_NAME_CHARS, UserInput, check_custom, check_string, check_user_id};

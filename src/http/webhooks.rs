@@ -1,7 +1,7 @@
 //! `/v1/webhooks/deliveries`: the outbox, for the app's backend (server token).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use base64::Engine;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params};
+use super::extract::{Caller, Json, Params, Path};
 use crate::domain::Timestamp;
 use crate::storage::Delivery;
 

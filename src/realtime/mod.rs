@@ -169,7 +169,9 @@ impl Hub {
         event: &str,
         payload: &RawValue,
     ) {
-        let mut op = io.to(room);
+        let Some(mut op) = to(io, room) else {
+            return;
+        };
         if let Some(e) = except {
             op = op.except(e);
         }
@@ -206,21 +208,27 @@ impl Hub {
                     })
                     .unwrap_or_default();
                 for m in &members {
-                    let _ = io.to(format!("u:{m}")).join(conv_room.clone()).await;
+                    if let Some(op) = to(io, format!("u:{m}")) {
+                        let _ = op.join(conv_room.clone()).await;
+                    }
                 }
                 self.conversation_views(io, change, &members, &token).await;
             }
             ChangeKind::MemberJoined => {
-                if let Some(u) = &change.user_id {
-                    let _ = io.to(format!("u:{u}")).join(conv_room.clone()).await;
+                if let Some(u) = &change.user_id
+                    && let Some(op) = to(io, format!("u:{u}"))
+                {
+                    let _ = op.join(conv_room.clone()).await;
                 }
                 self.emit_value(io, conv_room, None, event, &payload);
             }
             ChangeKind::MemberLeft => {
                 // The member who left hears it, then nothing more.
                 self.emit_value(io, conv_room.clone(), None, event, &payload);
-                if let Some(u) = &change.user_id {
-                    let _ = io.to(format!("u:{u}")).leave(conv_room).await;
+                if let Some(u) = &change.user_id
+                    && let Some(op) = to(io, format!("u:{u}"))
+                {
+                    let _ = op.leave(conv_room).await;
                 }
             }
             _ => self.emit_value(io, conv_room, None, event, &payload),
@@ -253,7 +261,7 @@ impl Hub {
         token: &str,
     ) {
         for m in members {
-            if io.to(format!("u:{m}")).sockets().is_empty() {
+            if to(io, format!("u:{m}")).is_none_or(|op| op.sockets().is_empty()) {
                 continue;
             }
             let view = self
@@ -415,7 +423,9 @@ async fn in_order(
                 Inbound::Change(_) => {}
                 Inbound::Rooms(socket) => hub.set_rooms(&socket).await,
                 Inbound::Disconnect(user) => {
-                    let _ = io.to(format!("u:{user}")).disconnect().await;
+                    if let Some(op) = to(&io, format!("u:{user}")) {
+                        let _ = op.disconnect().await;
+                    }
                 }
             }
         } else if gap_since.is_none() && pending.is_empty() && inbound.is_closed() {
@@ -548,6 +558,12 @@ async fn on_disconnect(socket: SocketRef, State(hub): State<Arc<Hub>>, _reason: 
     }
 }
 
+/// The sockets of `room` on this node; `None` once the server is closing (the namespace is
+/// gone, and `SocketIo::to` would panic).
+fn to(io: &SocketIo, room: String) -> Option<socketioxide::operators::BroadcastOperators> {
+    io.of("/").map(|ns| ns.to(room))
+}
+
 /// Answers a client event: `{"ok": true, ...fields}` or `{"ok": false, "error": {...}}`.
 fn answer(ack: AckSender, result: Result<Value, ApiError>) {
     let reply = match result {
@@ -555,13 +571,20 @@ fn answer(ack: AckSender, result: Result<Value, ApiError>) {
             fields["ok"] = json!(true);
             fields
         }
-        Err(e) => json!({"ok": false, "error": e.body()["error"]}),
+        Err(e) => {
+            let mut error = e.body()["error"].take();
+            if let ApiError::RateLimited { retry_after } = e {
+                error["retry_after"] = json!(retry_after.max(1));
+            }
+            json!({"ok": false, "error": error})
+        }
     };
     let _ = ack.send(&reply);
 }
 
-/// The socket's user, after the per-socket rate limit.
-fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
+/// The socket's user, after the per-socket rate limit and the user's budget (the same
+/// `CONFAB_RATE_LIMIT_PER_USER` budget REST requests take from, shared across nodes).
+async fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
     // A socket outlives its token only until it next speaks.
     if let Some(SocketExpiry(exp)) = socket.extensions.get::<SocketExpiry>()
         && chrono::Utc::now().timestamp() > exp as i64
@@ -573,13 +596,17 @@ fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
         return Err(ApiError::Unauthorized);
     }
     if let Some(l) = &hub.limiter {
-        l.check(&socket.id.to_string())?;
+        l.check_local(&socket.id.to_string())?;
     }
-    socket
+    let user = socket
         .extensions
         .get::<SocketUser>()
         .map(|u| u.0)
-        .ok_or(ApiError::Unauthorized)
+        .ok_or(ApiError::Unauthorized)?;
+    if let Some(l) = &hub.state.user_limiter {
+        l.check(&user).await?;
+    }
+    Ok(user)
 }
 
 fn payload<T: serde::de::DeserializeOwned>(
@@ -599,7 +626,7 @@ async fn on_send(
     ack: AckSender,
 ) {
     let result = async {
-        let user = admit(&socket, &hub)?;
+        let user = admit(&socket, &hub).await?;
         let input: SendInput = payload(data)?;
         let conversation = input
             .conversation_id
@@ -628,7 +655,7 @@ async fn on_read(
     ack: AckSender,
 ) {
     let result = async {
-        let user = admit(&socket, &hub)?;
+        let user = admit(&socket, &hub).await?;
         let p: ReadPayload = payload(data)?;
         crate::http::messages::mark_read(&hub.state, p.conversation_id, user, p.seq).await
     }
@@ -650,8 +677,8 @@ async fn on_typing(
     TryData(data): TryData<Value>,
     ack: AckSender,
 ) {
-    let result = (|| {
-        let user = admit(&socket, &hub)?;
+    let result = async {
+        let user = admit(&socket, &hub).await?;
         let p: TypingPayload = payload(data)?;
         // Membership is the socket's room: no database round trip for an ephemeral event.
         if !socket
@@ -662,7 +689,8 @@ async fn on_typing(
             return Err(ApiError::NotFound);
         }
         Ok((user, p))
-    })();
+    }
+    .await;
     let result = result.map(|(user, p)| {
         hub.deliver_typing(&io, &p.conversation_id, &user, p.typing);
         hub.publish(Envelope::Typing {

@@ -494,27 +494,61 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens the store the configured URL names (`sqlite://PATH` or `postgres://…`) and applies
-/// migrations.
+/// Opens the store the configured URL names (`sqlite://PATH` or `postgres://…`), applies
+/// migrations, and refuses settings that can lose acknowledged writes (PostgreSQL `fsync`,
+/// `synchronous_commit` or `full_page_writes` off; SQLite below `synchronous=FULL`) unless
+/// `allow_unsafe_durability` says the operator accepts that.
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<DynStore> {
-    open_url(&config.database_url, config.db_timeout, config.db_pool_size).await
+    let (store, risks) = open_checked(
+        &config.database_url,
+        config.db_timeout,
+        config.db_pool_size,
+        config.sqlite_synchronous,
+    )
+    .await?;
+    if !risks.is_empty() {
+        let risks = risks.join(", ");
+        if config.allow_unsafe_durability {
+            tracing::warn!(%risks, "running on settings that can lose acknowledged writes (allowed by CONFAB_ALLOW_UNSAFE_DURABILITY)");
+        } else {
+            anyhow::bail!(
+                "refusing to start: the database can lose acknowledged writes ({risks}); \
+                 fix the setting, or pass --allow-unsafe-durability \
+                 (CONFAB_ALLOW_UNSAFE_DURABILITY=true) to accept that"
+            );
+        }
+    }
+    Ok(store)
 }
 
-/// Opens the store at `url`; `pool_size` bounds PostgreSQL connections.
+/// Opens the store at `url` with durable defaults; `pool_size` bounds PostgreSQL connections.
 pub async fn open_url(
     url: &str,
     db_timeout: std::time::Duration,
     pool_size: u32,
 ) -> anyhow::Result<DynStore> {
+    let sync = crate::config::SqliteSync::Full;
+    Ok(open_checked(url, db_timeout, pool_size, sync).await?.0)
+}
+
+/// Opens the store and lists the settings under it that can lose acknowledged writes.
+async fn open_checked(
+    url: &str,
+    db_timeout: std::time::Duration,
+    pool_size: u32,
+    sqlite_sync: crate::config::SqliteSync,
+) -> anyhow::Result<(DynStore, Vec<String>)> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or(url.strip_prefix("sqlite:"))
     {
-        Ok(Arc::new(sqlite::SqliteStore::open(path, db_timeout).await?))
+        let store = sqlite::SqliteStore::open(path, db_timeout, sqlite_sync).await?;
+        let risks = store.durability_risks().await?;
+        Ok((Arc::new(store), risks))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            postgres::PgStore::open(url, db_timeout, pool_size).await?,
-        ))
+        let store = postgres::PgStore::open(url, db_timeout, pool_size).await?;
+        let risks = store.durability_risks().await?;
+        Ok((Arc::new(store), risks))
     } else {
         anyhow::bail!("CONFAB_DATABASE_URL must start with sqlite:// or postgres://")
     }

@@ -45,6 +45,30 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// What, in the server's settings for this database, can lose an acknowledged write:
+    /// `fsync` off, `synchronous_commit` off, `full_page_writes` off.
+    pub async fn durability_risks(&self) -> anyhow::Result<Vec<String>> {
+        let (fsync, commit, pages): (String, String, String) = sqlx::query_as(
+            "select current_setting('fsync'), current_setting('synchronous_commit'), \
+             current_setting('full_page_writes')",
+        )
+        .fetch_one(&self.writer)
+        .await?;
+        let mut risks = Vec::new();
+        if fsync == "off" {
+            risks.push("PostgreSQL fsync=off".to_owned());
+        }
+        if commit == "off" {
+            risks.push("PostgreSQL synchronous_commit=off".to_owned());
+        }
+        if pages == "off" {
+            risks.push("PostgreSQL full_page_writes=off".to_owned());
+        }
+        Ok(risks)
+    }
+}
+
 super::sql::sql_store!(
     PgStore,
     sqlx::Postgres,

@@ -25,10 +25,21 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn open(path: &str, db_timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn open(
+        path: &str,
+        db_timeout: Duration,
+        sync: crate::config::SqliteSync,
+    ) -> anyhow::Result<Self> {
+        use crate::config::SqliteSync;
+        let synchronous = match sync {
+            SqliteSync::Off => SqliteSynchronous::Off,
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+            SqliteSync::Full => SqliteSynchronous::Full,
+            SqliteSync::Extra => SqliteSynchronous::Extra,
+        };
         let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(synchronous)
             .busy_timeout(db_timeout)
             .foreign_keys(true)
             .pragma("temp_store", "memory")
@@ -54,6 +65,22 @@ impl SqliteStore {
         };
         store.migrate(super::migrate::SQLITE).await?;
         Ok(store)
+    }
+}
+
+impl SqliteStore {
+    /// What, in the writer's settings, can lose an acknowledged write: `synchronous` below
+    /// FULL (in WAL mode, NORMAL loses the last commits on power loss).
+    pub async fn durability_risks(&self) -> anyhow::Result<Vec<String>> {
+        let level: i64 = sqlx::query_scalar("pragma synchronous")
+            .fetch_one(&self.writer)
+            .await?;
+        let mut risks = Vec::new();
+        if level < 2 {
+            let name = if level == 0 { "off" } else { "normal" };
+            risks.push(format!("SQLite synchronous={name}"));
+        }
+        Ok(risks)
     }
 }
 

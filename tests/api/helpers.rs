@@ -256,6 +256,178 @@ macro_rules! both {
     };
 }
 
+/// A private Redis server on a free port, so a test can stop and restart it.
+pub struct Redis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Redis {
+    pub fn start_on(port: u16) -> Redis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        Redis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private PostgreSQL server (its own data directory and port), so a test can stop it
+/// abruptly without touching the shared one. Run as the `postgres` user when we are root.
+pub struct PrivatePg {
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivatePg {
+    fn bin(tool: &str) -> std::path::PathBuf {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL installed");
+        let mut dirs: Vec<_> = versions.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        dirs.last()
+            .expect("a PostgreSQL version")
+            .join("bin")
+            .join(tool)
+    }
+
+    fn run(args: &[&str]) {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c
+        } else {
+            std::process::Command::new(args[0])
+        };
+        if root {
+            cmd.arg(args[0]);
+        }
+        let out = cmd
+            .args(&args[1..])
+            .current_dir("/tmp")
+            .output()
+            .expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn start_new() -> PrivatePg {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("confab-pg-{}", uuid::Uuid::now_v7().simple()));
+        let initdb = Self::bin("initdb");
+        Self::run(&[
+            initdb.to_str().unwrap(),
+            "-D",
+            dir.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        let pg = PrivatePg { port, dir };
+        pg.start();
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start(&self) {
+        let pg_ctl = Self::bin("pg_ctl");
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=50",
+            self.port,
+            self.dir.display()
+        );
+        Self::run(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            self.dir.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            self.dir.join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]);
+    }
+
+    /// `pg_ctl stop -m immediate`: no checkpoint, crash recovery at the next start.
+    pub fn stop_immediate(&self) {
+        let pg_ctl = Self::bin("pg_ctl");
+        Self::run(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            self.dir.to_str().unwrap(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let pg_ctl = Self::bin("pg_ctl");
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_ctl)
+            .args(["-D", self.dir.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A `confab serve` process of the built binary, on a free port, over `database_url`.
 pub struct Process {
     pub child: std::process::Child,
@@ -264,11 +436,13 @@ pub struct Process {
 
 impl Process {
     pub async fn start(database_url: &str, extra: &[(&str, &str)]) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(free_port(), database_url, extra).await
+    }
+
+    /// `start` on a given port (a restarted node keeps its address).
+    pub async fn start_on(port: u16, database_url: &str, extra: &[(&str, &str)]) -> Process {
+        // The test's own HTTP clients need a TLS provider even for plain HTTP.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
         cmd.arg("serve")
             .env("CONFAB_ADDR", format!("127.0.0.1:{port}"))
@@ -315,6 +489,21 @@ impl Process {
             keys: confab::auth::Keys::new(SECRET),
             db,
         }
+    }
+}
+
+impl Process {
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (graceful shutdown) without waiting.
+    pub fn terminate(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 }
 

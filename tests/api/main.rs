@@ -8,6 +8,7 @@ mod concurrency;
 mod conversations;
 mod edge;
 mod graph;
+mod hardening;
 mod import;
 mod messages;
 mod messenger;

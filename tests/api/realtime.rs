@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 use crate::both;
+use crate::helpers::Redis;
 use crate::helpers::{Db, TestApp, fresh_database, spawn_app_with, test_config};
 use crate::sio::SioClient;
 
@@ -436,52 +437,6 @@ async fn stalled_client_is_dropped() {
             .await["seq"],
         total as i64 + 1
     );
-}
-
-/// A private Redis server on a free port, so a test can stop and restart it.
-struct Redis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        Redis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 async fn redis_state(base: &str) -> String {
