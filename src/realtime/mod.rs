@@ -64,7 +64,7 @@ pub struct Hub {
     limiter: Option<RateLimiter>,
     /// Changes to deliver, local and remote, into the one task that delivers them in position
     /// order.
-    inbound: tokio::sync::mpsc::UnboundedSender<Inbound>,
+    inbound: tokio::sync::mpsc::Sender<Inbound>,
 }
 
 /// What the in-order delivery task handles.
@@ -82,7 +82,7 @@ enum Inbound {
 pub async fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, Arc<Hub>)> {
     // Where in-order delivery starts: read before the server takes any request.
     let head = state.store.last_position().await?;
-    let (inbound, inbound_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (inbound, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_QUEUE);
     let hub = Arc::new(Hub {
         inbound,
         limiter: state.config.socket_rate_limit.map(RateLimiter::new),
@@ -114,11 +114,31 @@ pub async fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, 
 impl Hub {
     /// Closes a deactivated user's sockets, on this node and (through Redis) the others.
     pub fn user_deactivated(&self, user: &str) {
-        let _ = self.inbound.send(Inbound::Disconnect(user.to_owned()));
+        self.queue_control(Inbound::Disconnect(user.to_owned()));
         self.publish(Envelope::Deactivated {
             node: self.node.clone(),
             user_id: user.to_owned(),
         });
+    }
+
+    /// Queues a change for in-order delivery. When the queue is full the change is dropped
+    /// (counted): `in_order` reads it from the change log when the next one shows the gap.
+    fn queue_change(&self, change: Arc<Change>) {
+        if self.inbound.try_send(Inbound::Change(change)).is_err() {
+            metrics::counter!("confab_realtime_inbound_dropped_total").increment(1);
+        }
+    }
+
+    /// Queues what must not be dropped (a deactivated user's disconnect), waiting for room.
+    fn queue_control(&self, item: Inbound) {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(item)) =
+            self.inbound.try_send(item)
+        {
+            let inbound = self.inbound.clone();
+            tokio::spawn(async move {
+                let _ = inbound.send(item).await;
+            });
+        }
     }
 
     /// Whether cross-node delivery works (`None`: single node, no Redis configured).
@@ -136,7 +156,7 @@ impl Hub {
     fn remote(self: &Arc<Self>, io: &SocketIo, env: Envelope) {
         match env {
             Envelope::Change { change, .. } => {
-                let _ = self.inbound.send(Inbound::Change(Arc::new(change)));
+                self.queue_change(Arc::new(change));
             }
             Envelope::Typing {
                 conversation_id,
@@ -154,7 +174,7 @@ impl Hub {
             }
             Envelope::Deactivated { user_id, .. } => {
                 self.state.forget_user(&user_id);
-                let _ = self.inbound.send(Inbound::Disconnect(user_id));
+                self.queue_control(Inbound::Disconnect(user_id));
             }
         }
     }
@@ -359,7 +379,7 @@ async fn forward_commits(hub: Arc<Hub>) {
                     node: hub.node.clone(),
                     change: (*change).clone(),
                 });
-                let _ = hub.inbound.send(Inbound::Change(change));
+                hub.queue_change(change);
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 // The gap is filled from the change log by `in_order`.
@@ -370,6 +390,10 @@ async fn forward_commits(hub: Arc<Hub>) {
         }
     }
 }
+
+/// Changes and socket arrivals waiting for the in-order delivery task; past this, changes are
+/// dropped and read back from the change log.
+const INBOUND_QUEUE: usize = 64 * 1024;
 
 /// How long a gap in positions may wait for its change to arrive (another worker's publish, or
 /// another node's through Redis) before it is read from the change log.
@@ -384,7 +408,7 @@ const GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 async fn in_order(
     io: SocketIo,
     hub: Arc<Hub>,
-    mut inbound: tokio::sync::mpsc::UnboundedReceiver<Inbound>,
+    mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
     head: i64,
 ) {
     let mut next = head + 1;
@@ -546,7 +570,7 @@ async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
     }
     // The rooms loaded in the handshake may miss a membership change committed since; the
     // delivery task sets them again, in order with the changes it delivers.
-    let _ = hub.inbound.send(Inbound::Rooms(socket.clone()));
+    let _ = hub.inbound.send(Inbound::Rooms(socket.clone())).await;
     hub.state.presence.connected(&user);
     metrics::gauge!("confab_realtime_sockets").increment(1.0);
 }

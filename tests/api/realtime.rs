@@ -22,7 +22,8 @@ both!(
 async fn app(db: Db) -> TestApp {
     let url = fresh_database(db).await;
     let mut config = test_config(&url);
-    config.presence_grace = Duration::from_millis(800);
+    // Long enough for a new Node client process to start and reconnect on a loaded machine.
+    config.presence_grace = Duration::from_millis(2000);
     spawn_app_with(db, config).await
 }
 
