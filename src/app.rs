@@ -111,6 +111,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let io = self.io;
+        let writes = self.state.writes.clone();
         let app = router(self.state)
             .layer(self.realtime)
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -125,6 +126,10 @@ impl Application {
         axum::serve(self.listener, app)
             .with_graceful_shutdown(stopping)
             .await?;
+        // Socket events may still be writing: their batches finish before the process ends.
+        if !writes.drain(std::time::Duration::from_secs(10)).await {
+            tracing::warn!("stopped with writes still in flight");
+        }
         Ok(())
     }
 }

@@ -30,7 +30,13 @@ pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Key of the tags on opaque values we hand out (cursors, sync tokens), derived from the
+    /// secret so every node and every restart agrees.
+    seal_key: [u8; 32],
 }
+
+/// Bytes of HMAC-SHA256 kept as a sealed value's tag.
+const TAG_LEN: usize = 12;
 
 impl Keys {
     pub fn new(secret: &str) -> Self {
@@ -38,11 +44,67 @@ impl Keys {
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp"]);
+        let seal_key = {
+            use hmac::Mac;
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"confab opaque values");
+            mac.finalize().into_bytes().into()
+        };
         Keys {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            seal_key,
         }
+    }
+
+    fn tag(&self, kind: &str, payload: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.seal_key)
+            .expect("HMAC takes any key length");
+        mac.update(kind.as_bytes());
+        mac.update(&[0]);
+        mac.update(payload);
+        mac
+    }
+
+    /// An opaque value a client hands back later (a cursor, a sync token): base64url of the
+    /// payload and a tag, so that a value this server did not make is refused rather than
+    /// interpreted. `kind` keeps one kind of value from passing for another.
+    pub fn seal(&self, kind: &str, payload: &str) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let tag = self.tag(kind, payload.as_bytes()).finalize().into_bytes();
+        let mut raw = Vec::with_capacity(payload.len() + TAG_LEN);
+        raw.extend_from_slice(payload.as_bytes());
+        raw.extend_from_slice(&tag[..TAG_LEN]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The payload of a sealed value, and whether its tag is this server's (checked in
+    /// constant time). `None`: not a sealed value at all.
+    pub fn unseal(&self, kind: &str, value: &str) -> Option<(String, bool)> {
+        use base64::Engine;
+        use hmac::Mac;
+        if value.len() > 1024 {
+            return None;
+        }
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .ok()?;
+        if raw.len() <= TAG_LEN {
+            return None;
+        }
+        let (payload, tag) = raw.split_at(raw.len() - TAG_LEN);
+        let genuine = self.tag(kind, payload).verify_truncated_left(tag).is_ok();
+        Some((String::from_utf8(payload.to_vec()).ok()?, genuine))
+    }
+
+    /// The payload of a sealed value this server made; `None` for anything else.
+    pub fn open(&self, kind: &str, value: &str) -> Option<String> {
+        self.unseal(kind, value)
+            .and_then(|(payload, genuine)| genuine.then_some(payload))
     }
 
     fn sign(&self, sub: Option<&str>, server: bool, ttl: Duration) -> String {
@@ -98,6 +160,30 @@ pub fn generate_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_values_cannot_be_forged() {
+        use base64::Engine;
+        let keys = Keys::new("a-secret-of-some-length");
+        let sealed = keys.seal("cursor", "123:abc");
+        assert_eq!(keys.open("cursor", &sealed).as_deref(), Some("123:abc"));
+        // Another kind, another secret, a changed payload, garbage: refused.
+        assert_eq!(keys.open("sync", &sealed), None);
+        assert_eq!(
+            Keys::new("another-secret-here").open("cursor", &sealed),
+            None
+        );
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&sealed)
+            .unwrap();
+        raw[0] = b'9';
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(keys.open("cursor", &forged), None);
+        assert_eq!(keys.unseal("cursor", &forged).map(|v| v.1), Some(false));
+        for junk in ["", "!!", "Zm9v", &"A".repeat(2000)] {
+            assert_eq!(keys.open("cursor", junk), None, "{junk:?}");
+        }
+    }
 
     #[test]
     fn round_trip_and_refusals() {

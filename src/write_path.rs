@@ -58,6 +58,8 @@ struct Queued {
 pub struct WritePath {
     tx: mpsc::Sender<Queued>,
     timeout: Duration,
+    /// Writes submitted and not yet answered (for a graceful shutdown to wait on).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WritePath {
@@ -75,11 +77,37 @@ impl WritePath {
         for _ in 0..workers.max(1) {
             tokio::spawn(worker(store.clone(), bus.clone(), rx.clone(), max_batch));
         }
-        WritePath { tx, timeout }
+        WritePath {
+            tx,
+            timeout,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Waits until every submitted write is answered (committed or refused), at most `limit`.
+    /// Returns whether it got there.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Queues one write and waits for its batch to commit.
     pub async fn submit(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
+        struct Count<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Count<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _counted = Count(&self.in_flight);
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             op,

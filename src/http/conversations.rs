@@ -4,7 +4,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -12,6 +11,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Json, Params, Path};
 use super::openapi::Error;
+use crate::auth::Keys;
 use crate::domain::{
     Conversation, MAX_MEMBERS_PER_CALL, MAX_NAME_CHARS, check_custom, check_string, check_tags,
     check_user_id,
@@ -192,16 +192,13 @@ async fn create(
     Ok((status, Json(conversation)))
 }
 
-/// The opaque listing cursor: base64url of `activity_ms:id`.
-fn encode_cursor((at, id): &(i64, String)) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
+/// The opaque listing cursor: `activity_ms:id`, sealed (see `Keys::seal`).
+fn encode_cursor(keys: &Keys, (at, id): &(i64, String)) -> String {
+    keys.seal("conversations", &format!("{at}:{id}"))
 }
 
-fn decode_cursor(s: &str) -> Option<(i64, String)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()?;
-    let raw = String::from_utf8(raw).ok()?;
+fn decode_cursor(keys: &Keys, s: &str) -> Option<(i64, String)> {
+    let raw = keys.open("conversations", s)?;
     let (at, id) = raw.split_once(':')?;
     Some((at.parse().ok()?, id.to_owned()))
 }
@@ -247,7 +244,7 @@ async fn list(
     let cursor = match params.str("cursor") {
         None | Some("") => None,
         Some(c) => Some(
-            decode_cursor(c)
+            decode_cursor(&state.keys, c)
                 .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from this API"))?,
         ),
     };
@@ -288,7 +285,7 @@ async fn list(
     members_presence(&state, &mut page.conversations);
     let mut body = json!({
         "conversations": page.conversations,
-        "next_cursor": page.next.as_ref().map(encode_cursor),
+        "next_cursor": page.next.as_ref().map(|c| encode_cursor(&state.keys, c)),
     });
     if let Some(total) = page.total {
         body["total"] = json!(total);
@@ -562,8 +559,11 @@ mod tests {
     #[test]
     fn cursor_round_trip_and_garbage() {
         let c = (1_795_000_000_123, "0193-abc".to_owned());
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
-        assert_eq!(decode_cursor("!!!"), None);
-        assert_eq!(decode_cursor("Zm9v"), None); // "foo": no colon
+        let keys = Keys::new("a-secret-of-some-length");
+        assert_eq!(decode_cursor(&keys, &encode_cursor(&keys, &c)), Some(c));
+        assert_eq!(decode_cursor(&keys, "!!!"), None);
+        assert_eq!(decode_cursor(&keys, "Zm9v"), None);
+        // A cursor of the old, unsealed form: refused.
+        assert_eq!(decode_cursor(&keys, "MTIzOmFiYw"), None);
     }
 }

@@ -7,41 +7,63 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Caller, Json, Params};
 use super::openapi::Error;
+use crate::auth::Keys;
 use crate::domain::Change;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/sync", get(sync))
 }
 
-pub fn encode_token(database_id: &str, pos: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{database_id}:{pos}"))
+/// A sync token: `database_id:position`, sealed (see `Keys::seal`).
+pub fn encode_token(keys: &Keys, database_id: &str, pos: i64) -> String {
+    keys.seal("sync", &format!("{database_id}:{pos}"))
 }
 
-/// `(database_id, position)` of a well-formed token.
-pub fn decode_token(token: &str) -> Option<(String, i64)> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()?;
-    let raw = String::from_utf8(raw).ok()?;
-    let (db, pos) = raw.rsplit_once(':')?;
-    let pos: i64 = pos.parse().ok()?;
-    (pos >= 0).then(|| (db.to_owned(), pos))
+/// What a presented token is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// One of this database's tokens, at this position.
+    Ours(i64),
+    /// A well-formed token naming another database (a server re-pointed at a new one): the
+    /// client must resync. Whether its tag is genuine does not matter: it grants nothing.
+    Foreign,
+    /// Not a token this API made.
+    Malformed,
+}
+
+/// Reads a token presented by a client.
+pub fn check_token(keys: &Keys, database_id: &str, token: &str) -> TokenCheck {
+    let Some((payload, genuine)) = keys.unseal("sync", token) else {
+        return TokenCheck::Malformed;
+    };
+    let Some((db, pos)) = payload.rsplit_once(':') else {
+        return TokenCheck::Malformed;
+    };
+    let Some(pos) = pos.parse::<i64>().ok().filter(|p| *p >= 0) else {
+        return TokenCheck::Malformed;
+    };
+    if db != database_id {
+        TokenCheck::Foreign
+    } else if genuine {
+        TokenCheck::Ours(pos)
+    } else {
+        TokenCheck::Malformed
+    }
 }
 
 /// The event form of a change, shared by sync and (later) realtime.
-pub fn event(database_id: &str, c: &Change) -> Value {
+pub fn event(keys: &Keys, database_id: &str, c: &Change) -> Value {
     json!({
         "type": c.kind.as_str(),
         "conversation_id": c.conversation_id,
         "data": c.data,
-        "token": encode_token(database_id, c.pos),
+        "token": encode_token(keys, database_id, c.pos),
     })
 }
 
@@ -82,14 +104,14 @@ async fn sync(
     let Some(since) = params.str("since") else {
         let now = state.store.last_position().await?;
         return Ok(Json(
-            json!({ "next_token": encode_token(&state.database_id, now) }),
+            json!({ "next_token": encode_token(&state.keys, &state.database_id, now) }),
         ));
     };
-    let (db, after) =
-        decode_token(since).ok_or_else(|| ApiError::invalid("since", "is not a sync token"))?;
-    if db != *state.database_id {
-        return Err(ApiError::ResyncRequired);
-    }
+    let after = match check_token(&state.keys, &state.database_id, since) {
+        TokenCheck::Ours(pos) => pos,
+        TokenCheck::Foreign => return Err(ApiError::ResyncRequired),
+        TokenCheck::Malformed => return Err(ApiError::invalid("since", "is not a sync token")),
+    };
     // The position "now" is read first: every change at or below it has committed (positions
     // are visible in order), so resuming from it after an empty page skips nothing.
     // Below the floor, retention has deleted changes the client has not seen.
@@ -107,10 +129,13 @@ async fn sync(
         (Some(c), true) => c.pos,
         _ => upto,
     };
-    let events: Vec<Value> = page.iter().map(|c| event(&state.database_id, c)).collect();
+    let events: Vec<Value> = page
+        .iter()
+        .map(|c| event(&state.keys, &state.database_id, c))
+        .collect();
     Ok(Json(json!({
         "events": events,
-        "next_token": encode_token(&state.database_id, next),
+        "next_token": encode_token(&state.keys, &state.database_id, next),
         "has_more": has_more,
     })))
 }

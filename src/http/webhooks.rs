@@ -4,7 +4,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -59,10 +58,9 @@ async fn list(
     let limit = params.int("limit", 1..=500, 100)? as u32;
     let after = match params.str("cursor") {
         None | Some("") => 0,
-        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
+        Some(c) => state
+            .keys
+            .open("deliveries", c)
             .and_then(|s| s.parse::<i64>().ok())
             .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from this API"))?,
     };
@@ -75,7 +73,7 @@ async fn list(
     let next = more
         .then(|| page.last())
         .flatten()
-        .map(|d| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.pos.to_string()));
+        .map(|d| state.keys.seal("deliveries", &d.pos.to_string()));
     Ok(Json(json!({ "deliveries": page, "next_cursor": next })))
 }
 

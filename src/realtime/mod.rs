@@ -131,8 +131,7 @@ impl Hub {
 
     /// Queues what must not be dropped (a deactivated user's disconnect), waiting for room.
     fn queue_control(&self, item: Inbound) {
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(item)) =
-            self.inbound.try_send(item)
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(item)) = self.inbound.try_send(item)
         {
             let inbound = self.inbound.clone();
             tokio::spawn(async move {
@@ -210,7 +209,7 @@ impl Hub {
     /// Delivers one committed change to the local sockets of its conversation's members.
     async fn deliver(&self, io: &SocketIo, change: &Change) {
         let conv_room = format!("c:{}", change.conversation_id);
-        let token = encode_token(&self.state.database_id, change.pos);
+        let token = encode_token(&self.state.keys, &self.state.database_id, change.pos);
         let event = change.kind.as_str();
         let mut payload = change.data.clone();
         // The sync position, so a client can resume sync from the last event it saw.

@@ -564,7 +564,8 @@ fn token_pos(token: &str) -> i64 {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .unwrap();
-    String::from_utf8(raw)
+    // `database_id:position`, then the 12-byte tag.
+    String::from_utf8(raw[..raw.len() - 12].to_vec())
         .unwrap()
         .rsplit_once(':')
         .unwrap()

@@ -153,7 +153,18 @@ impl Receiver {
 
     /// Waits until `pred` holds of the accepted deliveries.
     pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        for _ in 0..300 {
+        self.wait_for_within(what, Duration::from_secs(15), pred)
+            .await
+    }
+
+    /// `wait_for`, up to `limit`.
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        for _ in 0..limit.as_millis() / 50 {
             let got = self.accepted();
             if pred(&got) {
                 return got;

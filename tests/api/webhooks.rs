@@ -240,11 +240,17 @@ async fn survives_kill_9(db: Db) {
     node.child.wait().unwrap();
     receiver.fail_first(0);
     let _restarted = Process::start(&url, &env).await;
+    // If the killed node had claimed the delivery (an attempt in flight), its 30 s lease must
+    // run out before the new node claims it again.
     let got = receiver
-        .wait_for("the message after the restart", |g| {
-            g.iter()
-                .any(|r| r.body["type"] == "message.new" && r.body["data"]["id"] == m["id"])
-        })
+        .wait_for_within(
+            "the message after the restart",
+            Duration::from_secs(45),
+            |g| {
+                g.iter()
+                    .any(|r| r.body["type"] == "message.new" && r.body["data"]["id"] == m["id"])
+            },
+        )
         .await;
     assert_eq!(of_type(&got, "message.new").len(), 1);
 }
