@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
+mod fanout;
+
 #[derive(Parser)]
 #[command(
     name = "confab-bench",
@@ -39,6 +41,35 @@ enum Cmd {
     Seed(SeedArgs),
     /// Run scenarios at several concurrencies and report throughput and latency.
     Run(RunArgs),
+    /// Socket.IO fan-out: C connections in groups of G, R messages/s, send-to-receipt latency.
+    Fanout(FanoutArgs),
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The server's JWT secret (each connection needs its own user token).
+    #[arg(long, env = "CONFAB_JWT_SECRET")]
+    jwt_secret: String,
+    /// Socket.IO connections, one user each.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Members (and connections) per group conversation.
+    #[arg(long, default_value_t = 100)]
+    group: usize,
+    /// Messages published per second, into random groups.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The server's process id: its memory per idle connection, CPU time and peak RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -132,7 +163,50 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Seed(a) => seed(a).await,
         Cmd::Run(a) => run(a).await,
+        Cmd::Fanout(a) => fanout_cmd(a).await,
     }
+}
+
+async fn fanout_cmd(a: FanoutArgs) -> anyhow::Result<()> {
+    let report = fanout::Fanout {
+        url: base(&a.target.url),
+        token: a.target.token,
+        jwt_secret: a.jwt_secret,
+        connections: a.connections,
+        group: a.group,
+        rate: a.rate,
+        duration: a.duration,
+        server_pid: a.server_pid,
+    }
+    .run()
+    .await?;
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    println!(
+        "fanout  conns {}  group {}  rate {}/s: {} sent ({} errors), {}/{} delivered in {:.1} s \
+         = {:.0} deliveries/s; p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms max {:.1} ms; \
+         server {} KiB per idle connection, {} CPU s, peak RSS {} MiB; connect {:.1} s",
+        a.connections,
+        a.group,
+        a.rate,
+        report.sent,
+        report.send_errors,
+        report.received,
+        report.expected,
+        report.seconds,
+        report.deliveries_per_second(),
+        report.percentile_ms(0.50),
+        report.percentile_ms(0.95),
+        report.percentile_ms(0.99),
+        report.percentile_ms(1.0),
+        opt(report.kib_per_connection),
+        opt(report.server_cpu_s),
+        opt(report.server_peak_rss_mib),
+        report.connect_seconds,
+    );
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report.json())?)?;
+    }
+    Ok(())
 }
 
 fn base(url: &str) -> String {
