@@ -648,16 +648,14 @@ mod tests {
         let mut fast = 0;
         for line in lines {
             let slow = parse_value_record(7, line.as_bytes());
-            match fast_message(7, line.as_bytes()) {
-                Some(m) => {
-                    fast += 1;
-                    let Ok(Record::Message(s)) = slow else {
-                        panic!("fast path accepted what the Value path refuses: {line}");
-                    };
-                    assert_eq!(format!("{m:?}"), format!("{s:?}"), "{line}");
-                }
-                // Left to the Value path (which decides, and names the field of an error).
-                None => {}
+            // A line the fast path leaves alone goes to the Value path, which decides (and
+            // names the field of an error).
+            if let Some(m) = fast_message(7, line.as_bytes()) {
+                fast += 1;
+                let Ok(Record::Message(s)) = slow else {
+                    panic!("fast path accepted what the Value path refuses: {line}");
+                };
+                assert_eq!(format!("{m:?}"), format!("{s:?}"), "{line}");
             }
         }
         assert_eq!(fast, 4);
