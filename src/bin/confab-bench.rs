@@ -2,6 +2,9 @@
 //! process.
 //!
 //! - `confab-bench seed` generates a skewed dataset and streams it to `POST /v1/import`.
+//! - `confab-bench import` imports a generated file of 1,000,000 messages through
+//!   `POST /v1/import` (or `confab import`) and reports messages/s, CPU time and peak RSS.
+//! - `confab-bench messenger` serves a fixture Graph API and times a Messenger sync.
 //! - `confab-bench run` runs closed-loop workers per scenario and concurrency for a fixed
 //!   duration and reports throughput and latency percentiles; with `--database-url` it also
 //!   measures the naive ceiling for `send` (one insert per transaction, straight to the database).
@@ -43,6 +46,11 @@ enum Cmd {
     Run(RunArgs),
     /// Socket.IO fan-out: C connections in groups of G, R messages/s, send-to-receipt latency.
     Fanout(FanoutArgs),
+    /// Import a generated NDJSON file (1,000,000 messages over 10,000 conversations by
+    /// default) through POST /v1/import or `confab import`; report messages/s, CPU and RSS.
+    Import(ImportArgs),
+    /// Serve a fixture Graph API and time a Messenger sync of its page end to end.
+    Messenger(MessengerArgs),
 }
 
 #[derive(Args)]
@@ -164,6 +172,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Seed(a) => seed(a).await,
         Cmd::Run(a) => run(a).await,
         Cmd::Fanout(a) => fanout_cmd(a).await,
+        Cmd::Import(a) => import(a).await,
+        Cmd::Messenger(a) => messenger(a).await,
     }
 }
 
@@ -1155,6 +1165,670 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// import
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The NDJSON file to import; written first (same shape as scripts/gen-import.py) when it
+    /// does not exist.
+    #[arg(long, default_value = "/tmp/confab-bench-import.ndjson")]
+    file: PathBuf,
+    /// Messages in a generated file.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: usize,
+    /// Conversations in a generated file (a quarter groups of 5, the rest direct pairs).
+    #[arg(long, default_value_t = 10_000)]
+    conversations: usize,
+    /// Users in a generated file.
+    #[arg(long, default_value_t = 5_000)]
+    users: usize,
+    /// Random seed of a generated file.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// `http` streams the file to POST /v1/import of a running server (`--url`, `--token`);
+    /// `cli` runs `confab import FILE` (`--confab`, `--database-url`).
+    #[arg(long, default_value = "http")]
+    via: String,
+    /// Base URL of the running server (`--via http`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A server token (`--via http`).
+    #[arg(long, env = "CONFAB_BENCH_TOKEN")]
+    token: Option<String>,
+    /// The server's process id: its CPU time and peak RSS during the import are reported.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The `confab` binary (`--via cli`).
+    #[arg(long, default_value = "./target/release/confab")]
+    confab: PathBuf,
+    /// The database the CLI imports into (`--via cli`), as CONFAB_DATABASE_URL.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Writes the import dataset: `users` users, `conversations` conversations (every fourth a
+/// group of 5, the rest direct pairs, one per pair), `messages` messages spread uniformly over
+/// the conversations with increasing timestamps. The same shape as scripts/gen-import.py.
+fn write_import_file(a: &ImportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    if a.users < 5 || a.conversations == 0 {
+        bail!("--users must be at least 5 and --conversations at least 1");
+    }
+    let tmp = a.file.with_extension("partial");
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    for u in 0..a.users {
+        writeln!(
+            f,
+            r#"{{"record": "user", "id": "iu{u}", "name": "Imported User {u}"}}"#
+        )?;
+    }
+    let mut members: Vec<Vec<usize>> = Vec::with_capacity(a.conversations);
+    let mut pairs: HashSet<(usize, usize)> = HashSet::new();
+    for c in 0..a.conversations {
+        let group = c % 4 == 0;
+        let ms: Vec<usize> = if group {
+            rand::seq::index::sample(&mut rng, a.users, 5).into_vec()
+        } else {
+            loop {
+                let p = rand::seq::index::sample(&mut rng, a.users, 2).into_vec();
+                if pairs.insert((p[0].min(p[1]), p[0].max(p[1]))) {
+                    break p;
+                }
+            }
+        };
+        let ids: Vec<String> = ms.iter().map(|m| format!("iu{m}")).collect();
+        let line = if group {
+            json!({"record": "conversation", "external_id": format!("ic{c}"), "type": "group",
+                   "member_ids": ids, "name": format!("Conv {c}")})
+        } else {
+            json!({"record": "conversation", "external_id": format!("ic{c}"), "type": "direct",
+                   "member_ids": ids, "name": null})
+        };
+        writeln!(f, "{line}")?;
+        members.push(ms);
+    }
+    let base = 1_600_000_000i64;
+    for i in 0..a.messages {
+        let c = rng.random_range(0..a.conversations);
+        let sender = members[c][rng.random_range(0..members[c].len())];
+        let at = chrono::DateTime::from_timestamp(base + i as i64, 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S.000Z");
+        writeln!(
+            f,
+            r#"{{"record": "message", "conversation_external_id": "ic{c}", "external_id": "im{i}", "sender_id": "iu{sender}", "text": "imported message number {i}", "created_at": "{at}"}}"#
+        )?;
+    }
+    f.flush()?;
+    drop(f);
+    std::fs::rename(&tmp, &a.file)?;
+    Ok(())
+}
+
+/// CPU time (user + system, seconds) of a process from /proc/<pid>/stat.
+fn proc_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// The process state letter (`R`, `S`, `Z`, …) from /proc/<pid>/stat.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Resident set size (KiB) of a process from /proc/<pid>/status.
+fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Busy and total jiffies of the whole machine from /proc/stat.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Samples a process's RSS every 50 ms (its peak while this runs) and its CPU time.
+struct ProcWatch {
+    pid: u32,
+    cpu_start: f64,
+    peak_kib: Arc<std::sync::atomic::AtomicU64>,
+    last_cpu: Arc<std::sync::Mutex<f64>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProcWatch {
+    fn start(pid: u32) -> anyhow::Result<ProcWatch> {
+        let cpu_start =
+            proc_cpu(pid).with_context(|| format!("reading /proc/{pid}/stat (is it running?)"))?;
+        let peak_kib = Arc::new(std::sync::atomic::AtomicU64::new(
+            proc_rss_kib(pid).unwrap_or(0),
+        ));
+        let last_cpu = Arc::new(std::sync::Mutex::new(cpu_start));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (peak, last, stop) = (peak_kib.clone(), last_cpu.clone(), stop.clone());
+            async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A zombie (exited, not yet reaped) still has its final CPU times.
+                    if let Some(c) = proc_cpu(pid) {
+                        *last.lock().unwrap() = c;
+                    }
+                    if proc_state(pid) == Some('Z') {
+                        break;
+                    }
+                    if let Some(r) = proc_rss_kib(pid) {
+                        peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        Ok(ProcWatch {
+            pid,
+            cpu_start,
+            peak_kib,
+            last_cpu,
+            stop,
+            task,
+        })
+    }
+
+    /// (CPU seconds used since start, peak RSS in MB).
+    async fn finish(self) -> (f64, f64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        let cpu = proc_cpu(self.pid).unwrap_or(*self.last_cpu.lock().unwrap());
+        (
+            cpu - self.cpu_start,
+            self.peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        )
+    }
+}
+
+async fn import(a: ImportArgs) -> anyhow::Result<()> {
+    if !a.file.exists() {
+        eprintln!(
+            "writing {} ({} messages, {} conversations, {} users)",
+            a.file.display(),
+            a.messages,
+            a.conversations,
+            a.users
+        );
+        let t = Instant::now();
+        write_import_file(&a)?;
+        eprintln!("written in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let size = std::fs::metadata(&a.file)?.len();
+    let machine0 = machine_jiffies();
+    let (summary, elapsed, proc_stats) = match a.via.as_str() {
+        "http" => {
+            let token = a
+                .token
+                .clone()
+                .context("--token (or CONFAB_BENCH_TOKEN) is required with --via http")?;
+            let watch = a.server_pid.map(ProcWatch::start).transpose()?;
+            let started = Instant::now();
+            let summary = import_http(&a.file, &a.url, &token).await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            let stats = match watch {
+                Some(w) => Some(w.finish().await),
+                None => None,
+            };
+            (summary, elapsed, stats)
+        }
+        "cli" => {
+            let db = a
+                .database_url
+                .clone()
+                .context("--database-url is required with --via cli")?;
+            let started = Instant::now();
+            let child = std::process::Command::new(&a.confab)
+                .arg("import")
+                .arg(&a.file)
+                .env("CONFAB_DATABASE_URL", db)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("running {}", a.confab.display()))?;
+            let watch = ProcWatch::start(child.id())?;
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+            let elapsed = started.elapsed().as_secs_f64();
+            let stats = watch.finish().await;
+            if !out.status.success() {
+                bail!("confab import failed: {}", out.status);
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let summary: Value = text
+                .lines()
+                .rev()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .context("confab import printed no summary")?;
+            (summary, elapsed, Some(stats))
+        }
+        other => bail!("--via must be http or cli, not {other:?}"),
+    };
+    let machine = match (machine0, machine_jiffies()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
+    let messages = summary["messages"].as_u64().unwrap_or(0);
+    let records = ["users", "conversations", "messages"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    let who = if a.via == "cli" { "importer" } else { "server" };
+    println!("{summary}");
+    println!(
+        "import via {}: {} records ({} messages, {} errors) in {elapsed:.2} s: {:.0} messages/s, {:.0} records/s, {:.1} MB/s",
+        a.via,
+        records,
+        messages,
+        summary["errors"].as_u64().unwrap_or(0),
+        messages as f64 / elapsed,
+        records as f64 / elapsed,
+        size as f64 / 1e6 / elapsed
+    );
+    if let Some((cpu, peak)) = proc_stats {
+        println!(
+            "{who} CPU {cpu:.2} s ({:.0}% of one core), peak RSS {peak:.0} MB",
+            cpu * 100.0 / elapsed
+        );
+    }
+    if let Some(m) = machine {
+        println!(
+            "machine CPU busy {:.0}% of {} cores (everything running, the database included)",
+            m * 100.0,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
+    if let Some(path) = &a.json {
+        let out = json!({
+            "via": a.via, "file": a.file, "bytes": size, "summary": summary,
+            "elapsed_s": elapsed, "messages_per_s": messages as f64 / elapsed,
+            "process_cpu_s": proc_stats.map(|s| s.0), "process_peak_rss_mb": proc_stats.map(|s| s.1),
+            "machine_busy": machine,
+            "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)?;
+    }
+    if summary["errors"].as_u64().unwrap_or(0) > 0 {
+        bail!("the import reported bad lines");
+    }
+    Ok(())
+}
+
+/// Streams `file` to POST /v1/import and returns the summary line.
+async fn import_http(file: &std::path::Path, url: &str, token: &str) -> anyhow::Result<Value> {
+    use tokio::io::AsyncReadExt;
+    let f = tokio::fs::File::open(file).await?;
+    let body = futures_util::stream::unfold(f, |mut f| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let endpoint = format!("{}/v1/import", base(url));
+    let res = reqwest::Client::new()
+        .post(&endpoint)
+        .bearer_auth(token)
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .with_context(|| format!("POST {endpoint}"))?;
+    let status = res.status();
+    if !status.is_success() {
+        bail!("{status}: {}", res.text().await.unwrap_or_default());
+    }
+    let mut stream = res.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut summary = None;
+    let mut bad = 0;
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if v.get("done").and_then(Value::as_bool) == Some(true) {
+                summary = Some(v);
+            } else if v.get("line").is_some() {
+                bad += 1;
+                if bad <= 10 {
+                    eprintln!("line {}: {}", v["line"], v["error"]);
+                }
+            }
+        }
+    }
+    summary.context("the import response ended without a summary line")
+}
+
+// ---------------------------------------------------------------------------------------------
+// messenger
+
+#[derive(Args)]
+struct MessengerArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Where the fixture Graph API listens; start the server with
+    /// CONFAB_GRAPH_API_URL=http://{this}/v19.0.
+    #[arg(long, default_value = "127.0.0.1:18601")]
+    fixture_addr: String,
+    /// Conversations of the page.
+    #[arg(long, default_value_t = 1000)]
+    conversations: usize,
+    /// Messages per conversation.
+    #[arg(long, default_value_t = 20)]
+    messages: usize,
+    /// The page id (a fresh one per run unless given, so each run imports everything).
+    #[arg(long)]
+    page_id: Option<String>,
+    /// The server's process id: its CPU time and peak RSS during the sync are reported.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const FIXTURE_TOKEN: &str = "EAAG-bench-page-token";
+
+/// A Graph API fixture: one page with `threads` conversations of `per` messages, Graph's wire
+/// format (`data`, `paging.cursors.{before,after}`, `paging.next`, `+0000` times, error
+/// objects), at most 100 items per request. The same shape as the fake in tests/api/graph.rs.
+struct Fixture {
+    page: String,
+    threads: Vec<(String, String, String)>,
+    by_id: HashMap<String, usize>,
+    per: usize,
+    base: String,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+fn graph_time(i: usize) -> String {
+    chrono::DateTime::from_timestamp(1_700_000_000 + i as i64 * 60, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S+0000")
+        .to_string()
+}
+
+fn cursor(n: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("offset:{n}"))
+}
+
+fn uncursor(s: &str) -> usize {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn graph_error(code: i64, message: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "BenchFixture"}})),
+    )
+        .into_response()
+}
+
+impl Fixture {
+    fn page_of(
+        &self,
+        path: &str,
+        items: Vec<Value>,
+        offset: usize,
+        limit: usize,
+        total: usize,
+        q: &HashMap<String, String>,
+    ) -> Value {
+        let end = offset + items.len();
+        let mut paging = json!({"cursors": {"before": cursor(offset), "after": cursor(end.saturating_sub(1).max(offset))}});
+        if end < total {
+            paging["cursors"]["after"] = json!(cursor(end));
+            let mut next = format!("{}/{path}?limit={limit}&after={}", self.base, cursor(end));
+            for (k, v) in q {
+                if k != "after" && k != "limit" {
+                    next.push_str(&format!("&{k}={v}"));
+                }
+            }
+            paging["next"] = json!(next);
+        }
+        json!({"data": items, "paging": paging})
+    }
+}
+
+fn limit_of(q: &HashMap<String, String>) -> usize {
+    q.get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(25usize)
+        .min(100)
+}
+
+async fn fixture_conversations(
+    axum::extract::State(f): axum::extract::State<Arc<Fixture>>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    f.requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if q.get("access_token").map(String::as_str) != Some(FIXTURE_TOKEN) {
+        return graph_error(190, "Error validating access token: Session has expired.");
+    }
+    if node != f.page || q.get("platform").map(String::as_str) != Some("messenger") {
+        return graph_error(100, "Unsupported get request.");
+    }
+    let limit = limit_of(&q);
+    let offset = q.get("after").map(|a| uncursor(a)).unwrap_or(0);
+    let items: Vec<Value> = f
+        .threads
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(id, customer, name)| {
+            json!({
+                "id": id,
+                "updated_time": graph_time(f.per),
+                "participants": {"data": [
+                    {"name": name, "email": format!("{customer}@facebook.com"), "id": customer},
+                    {"name": "Bench Page", "email": format!("{}@facebook.com", f.page), "id": f.page},
+                ]},
+            })
+        })
+        .collect();
+    let path = format!("{}/conversations", f.page);
+    axum::Json(f.page_of(&path, items, offset, limit, f.threads.len(), &q)).into_response()
+}
+
+async fn fixture_messages(
+    axum::extract::State(f): axum::extract::State<Arc<Fixture>>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    f.requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if q.get("access_token").map(String::as_str) != Some(FIXTURE_TOKEN) {
+        return graph_error(190, "Error validating access token: Session has expired.");
+    }
+    let Some(&i) = f.by_id.get(&node) else {
+        return graph_error(100, "Unsupported get request.");
+    };
+    let (_, customer, name) = &f.threads[i];
+    let limit = limit_of(&q);
+    let offset = q.get("after").map(|a| uncursor(a)).unwrap_or(0);
+    // Graph lists newest first.
+    let items: Vec<Value> = (0..f.per)
+        .rev()
+        .skip(offset)
+        .take(limit)
+        .map(|k| {
+            let (from, from_name) = if k % 2 == 0 {
+                (customer.as_str(), name.as_str())
+            } else {
+                (f.page.as_str(), "Bench Page")
+            };
+            json!({
+                "id": format!("m_{node}_{k}"),
+                "message": format!("message {k} of {node}"),
+                "from": {"name": from_name, "email": format!("{from}@facebook.com"), "id": from},
+                "to": {"data": [{"name": "x", "id": "y"}]},
+                "created_time": graph_time(k),
+            })
+        })
+        .collect();
+    let path = format!("{node}/messages");
+    axum::Json(f.page_of(&path, items, offset, limit, f.per, &q)).into_response()
+}
+
+async fn messenger(a: MessengerArgs) -> anyhow::Result<()> {
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let page = a.page_id.clone().unwrap_or_else(|| format!("bp{run}"));
+    let threads: Vec<(String, String, String)> = (0..a.conversations)
+        .map(|i| {
+            (
+                format!("t_{page}_{i}"),
+                format!("{page}c{i}"),
+                format!("Customer {i}"),
+            )
+        })
+        .collect();
+    let listener = tokio::net::TcpListener::bind(&a.fixture_addr)
+        .await
+        .with_context(|| format!("binding the fixture to {}", a.fixture_addr))?;
+    let fixture = Arc::new(Fixture {
+        page: page.clone(),
+        by_id: threads
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.0.clone(), i))
+            .collect(),
+        threads,
+        per: a.messages,
+        base: format!("http://{}/v19.0", listener.local_addr()?),
+        requests: Default::default(),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/v19.0/{node}/conversations",
+            axum::routing::get(fixture_conversations),
+        )
+        .route(
+            "/v19.0/{node}/messages",
+            axum::routing::get(fixture_messages),
+        )
+        .with_state(fixture.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    eprintln!(
+        "fixture Graph API at {} (start the server with CONFAB_GRAPH_API_URL={}): page {page}, {} conversations x {} messages",
+        fixture.base, fixture.base, a.conversations, a.messages
+    );
+    let client = reqwest::Client::new();
+    let base = base(&a.target.url);
+    let watch = a.server_pid.map(ProcWatch::start).transpose()?;
+    let started = Instant::now();
+    let res = client
+        .post(format!("{base}/v1/sources/messenger/sync"))
+        .bearer_auth(&a.target.token)
+        .json(&json!({"page_id": page, "access_token": FIXTURE_TOKEN}))
+        .send()
+        .await?;
+    if res.status().as_u16() != 202 {
+        let status = res.status();
+        bail!("{status}: {}", res.text().await.unwrap_or_default());
+    }
+    let job: Value = res.json().await?;
+    let id = job["job_id"].as_str().context("no job_id")?.to_owned();
+    let last = loop {
+        let j: Value = client
+            .get(format!("{base}/v1/jobs/{id}"))
+            .bearer_auth(&a.target.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match j["status"].as_str() {
+            Some("running") => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => break j,
+        }
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = match watch {
+        Some(w) => Some(w.finish().await),
+        None => None,
+    };
+    println!("{last}");
+    if last["status"] != "completed" {
+        bail!("the job did not complete: {last}");
+    }
+    println!(
+        "messenger sync: {} conversations, {} messages, {} Graph requests in {elapsed:.2} s end to end ({:.0} messages/s)",
+        last["fetched"],
+        last["messages"],
+        fixture.requests.load(std::sync::atomic::Ordering::Relaxed),
+        last["messages"].as_f64().unwrap_or(0.0) / elapsed
+    );
+    if let Some((cpu, peak)) = stats {
+        println!(
+            "server CPU {cpu:.2} s ({:.0}% of one core), peak RSS {peak:.0} MB",
+            cpu * 100.0 / elapsed
+        );
+    }
+    if let Some(path) = &a.json {
+        let out = json!({
+            "page_id": page, "conversations": a.conversations, "messages_per_conversation": a.messages,
+            "job": last, "elapsed_s": elapsed,
+            "graph_requests": fixture.requests.load(std::sync::atomic::Ordering::Relaxed),
+            "server_cpu_s": stats.map(|s| s.0), "server_peak_rss_mb": stats.map(|s| s.1),
+            "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)?;
     }
     Ok(())
 }

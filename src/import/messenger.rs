@@ -19,7 +19,7 @@ use crate::storage::{ImportBatch, ImportConversation, ImportMessage, Job};
 
 pub const KIND: &str = "messenger";
 /// Graph requests in flight at once (message pages of different conversations).
-const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 32;
 /// Graph's rate-limit error codes, retried with backoff.
 const RATE_LIMITED: [i64; 4] = [4, 17, 32, 613];
 
@@ -222,6 +222,7 @@ async fn pages(
     job: &mut Job,
     lease: i64,
 ) -> Result<(), GraphError> {
+    let mut writing: Option<Written> = None;
     loop {
         let mut query = vec![
             ("platform", "messenger"),
@@ -316,37 +317,76 @@ async fn pages(
                 });
             }
         }
-        let committed = state
-            .store
-            .import_batch(&batch)
-            .await
-            .map_err(|e| GraphError {
-                message: format!("database: {e}"),
-                code: -1,
-            })?;
-        state.bus.publish(committed.changes);
-        job.fetched += fetched as i64;
-        job.upserted += committed.value.upserted as i64;
-        job.messages += read;
+        // The previous page's batch was written while this page was fetched; record it (its
+        // counts and cursor: a resumed job starts after it), then write this one in the
+        // background while the next page is fetched.
+        if let Some(w) = writing.take() {
+            record_page(state, job, lease, w).await?;
+        }
         let next = page
             .paging
             .next
             .is_some()
             .then_some(page.paging.cursors.after)
             .flatten();
-        job.checkpoint = next.clone();
-        state
-            .store
-            .update_job(job, lease)
-            .await
-            .map_err(|e| GraphError {
-                message: format!("database: {e}"),
-                code: -1,
-            })?;
+        let store = state.store.clone();
+        let bus = state.bus.clone();
+        writing = Some(Written {
+            fetched: fetched as i64,
+            read,
+            next: next.clone(),
+            task: tokio::spawn(async move {
+                let committed = store.import_batch(&batch).await?;
+                bus.publish(committed.changes);
+                Ok(committed.value.upserted)
+            }),
+        });
         if next.is_none() {
+            if let Some(w) = writing.take() {
+                record_page(state, job, lease, w).await?;
+            }
             return Ok(());
         }
+        job.checkpoint = next;
     }
+}
+
+/// A page's batch being written.
+struct Written {
+    fetched: i64,
+    read: i64,
+    next: Option<String>,
+    task: tokio::task::JoinHandle<Result<u64, crate::storage::StoreError>>,
+}
+
+/// Waits for a page's batch to commit, then records the job's progress and checkpoint.
+async fn record_page(
+    state: &AppState,
+    job: &mut Job,
+    lease: i64,
+    w: Written,
+) -> Result<(), GraphError> {
+    let database = |e: String| GraphError {
+        message: format!("database: {e}"),
+        code: -1,
+    };
+    let upserted = w
+        .task
+        .await
+        .map_err(|e| database(e.to_string()))?
+        .map_err(|e| database(e.to_string()))?;
+    job.fetched += w.fetched;
+    job.upserted += upserted as i64;
+    job.messages += w.read;
+    // The cursor after that page, which is the page the loop fetched last: a resumed job
+    // fetches it again (a re-run writes nothing twice).
+    job.checkpoint = w.next;
+    state
+        .store
+        .update_job(job, lease)
+        .await
+        .map_err(|e| database(e.to_string()))?;
+    Ok(())
 }
 
 /// Resumes running jobs whose node stopped (at start, then every few seconds).

@@ -20,6 +20,7 @@ pub const POSTGRES: &[Migration] = migrations!("postgres":
     (1, "init", "0001_init.sql"),
     (2, "webhooks", "0002_webhooks.sql"),
     (3, "jobs", "0003_jobs.sql"),
+    (4, "bulk_writes", "0004_bulk_writes.sql"),
 );
 
 pub const CREATE_TABLE: &str = "create table if not exists confab_migrations (

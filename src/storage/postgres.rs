@@ -81,41 +81,167 @@ super::sql::sql_store!(
     placeholder = '$'
 );
 
+/// Appends `s` to a `COPY … (format text)` row: backslash, tab, newline and carriage return
+/// escaped (U+0000 cannot occur: every text field refuses it).
+fn copy_text(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        buf.extend_from_slice(bytes);
+        return;
+    }
+    for &b in bytes {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
+fn copy_opt(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => copy_text(buf, s),
+        None => buf.extend_from_slice(b"\\N"),
+    }
+}
+
 impl PgStore {
-    /// Bulk message insert for imports: one `unnest` of column arrays per 10,000 rows, in the
-    /// caller's transaction (no parameter limit, one round trip).
+    /// Runs `sql`, whose `{in}` stands for a membership test of the statement's only
+    /// parameter, for all of `values` at once: `= any($1)` with one text array (one plan, one
+    /// round trip, however many values).
+    async fn fetch_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        sql: &str,
+        values: &[&str],
+    ) -> super::StoreResult<Vec<sqlx::postgres::PgRow>> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sqlx::query(sqlx::AssertSqlSafe(sql.replace("{in}", "= any($1)")))
+            .bind(values)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(super::db_error)
+    }
+
+    /// After an import batch's messages: the touched conversations' denormalized fields and
+    /// the read positions of members who had read everything, one statement each over arrays
+    /// (a join on the primary key, however many conversations).
+    async fn update_touched(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        touched: &[super::sql::Touched],
+    ) -> super::StoreResult<()> {
+        if touched.is_empty() {
+            return Ok(());
+        }
+        self.queries
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let ids: Vec<&str> = touched.iter().map(|t| t.conversation_id.as_str()).collect();
+        sqlx::query(
+            "update conversations c set last_seq = v.new_last, \
+             last_message_id = case when c.last_message_at is null or c.last_message_at <= v.last_at \
+               then v.last_id else c.last_message_id end, \
+             last_message_at = case when c.last_message_at is null or c.last_message_at <= v.last_at \
+               then v.last_at else c.last_message_at end, \
+             activity_at = greatest(c.activity_at, v.last_at) \
+             from unnest($1::text[], $2::int8[], $3::text[], $4::int8[]) as v(id, new_last, last_id, last_at) \
+             where c.conversation_id = v.id",
+        )
+        .bind(&ids)
+        .bind(touched.iter().map(|t| t.new_last).collect::<Vec<i64>>())
+        .bind(touched.iter().map(|t| t.last_id.as_str()).collect::<Vec<&str>>())
+        .bind(touched.iter().map(|t| t.last_at).collect::<Vec<i64>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(super::db_error)?;
+        sqlx::query(
+            "update members m set last_read_seq = v.read_to \
+             from unnest($1::text[], $2::int8[], $3::int8[]) as v(id, old_last, read_to) \
+             where m.conversation_id = v.id and m.last_read_seq >= v.old_last \
+             and m.last_read_seq < v.read_to",
+        )
+        .bind(&ids)
+        .bind(touched.iter().map(|t| t.old_last).collect::<Vec<i64>>())
+        .bind(touched.iter().map(|t| t.read_to).collect::<Vec<i64>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(super::db_error)?;
+        Ok(())
+    }
+
+    /// Bulk message insert for imports: one `COPY messages FROM STDIN` per batch, in the
+    /// caller's transaction, sent in 1 MiB chunks while the rows are formatted.
     async fn bulk_insert_messages(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        rows: &[super::sql::ImportRow],
+        rows: &[super::sql::ImportRow<'_>],
     ) -> super::StoreResult<()> {
-        for chunk in rows.chunks(10_000) {
-            self.queries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let col = |f: fn(&super::sql::ImportRow) -> Option<String>| -> Vec<Option<String>> {
-                chunk.iter().map(f).collect()
-            };
-            sqlx::query(
-                "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
-                 encrypted, attachments, custom, external_id, created_at) \
-                 select * from unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[])",
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut copy = tx
+            .copy_in_raw(
+                "copy messages (message_id, conversation_id, seq, sender_id, kind, text, \
+                 encrypted, attachments, custom, external_id, created_at) from stdin",
             )
-            .bind(col(|r| Some(r.id.clone())))
-            .bind(col(|r| Some(r.conversation_id.clone())))
-            .bind(chunk.iter().map(|r| r.seq).collect::<Vec<i64>>())
-            .bind(col(|r| r.sender_id.clone()))
-            .bind(col(|r| Some(r.kind.clone())))
-            .bind(col(|r| r.text.clone()))
-            .bind(col(|r| r.encrypted.clone()))
-            .bind(col(|r| Some(r.attachments.clone())))
-            .bind(col(|r| Some(r.custom.clone())))
-            .bind(col(|r| Some(r.external_id.clone())))
-            .bind(chunk.iter().map(|r| r.created_at).collect::<Vec<i64>>())
-            .execute(&mut **tx)
             .await
             .map_err(super::db_error)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut failed = None;
+        for r in rows {
+            copy_text(&mut buf, &r.id);
+            buf.push(b'\t');
+            copy_text(&mut buf, r.conversation_id);
+            buf.push(b'\t');
+            buf.extend_from_slice(r.seq.to_string().as_bytes());
+            buf.push(b'\t');
+            copy_opt(&mut buf, r.sender_id);
+            buf.push(b'\t');
+            copy_text(&mut buf, r.kind);
+            buf.push(b'\t');
+            copy_opt(&mut buf, r.text);
+            buf.push(b'\t');
+            copy_opt(&mut buf, r.encrypted.as_deref());
+            buf.push(b'\t');
+            copy_text(&mut buf, &r.attachments);
+            buf.push(b'\t');
+            copy_text(&mut buf, &r.custom);
+            buf.push(b'\t');
+            copy_text(&mut buf, r.external_id);
+            buf.push(b'\t');
+            buf.extend_from_slice(r.created_at.to_string().as_bytes());
+            buf.push(b'\n');
+            if buf.len() >= 1 << 20 {
+                if let Err(e) = copy.send(std::mem::take(&mut buf)).await {
+                    failed = Some(e);
+                    break;
+                }
+                buf.reserve(1 << 20);
+            }
         }
-        Ok(())
+        if failed.is_none() && !buf.is_empty() {
+            failed = copy.send(buf).await.err();
+        }
+        match failed {
+            None => {
+                copy.finish().await.map_err(super::db_error)?;
+                Ok(())
+            }
+            Some(e) => {
+                let _ = copy.abort(e.to_string()).await;
+                Err(super::db_error(e))
+            }
+        }
     }
 }

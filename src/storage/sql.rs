@@ -65,19 +65,41 @@ pub(crate) struct PendingChange {
     pub data: Value,
 }
 
-/// A message row written by the bulk import path.
-pub(crate) struct ImportRow {
+/// A message row written by the bulk import path, borrowing from the batch's record.
+pub(crate) struct ImportRow<'a> {
     pub id: String,
-    pub conversation_id: String,
+    pub conversation_id: &'a str,
     pub seq: i64,
-    pub sender_id: Option<String>,
-    pub kind: String,
-    pub text: Option<String>,
+    pub sender_id: Option<&'a str>,
+    pub kind: &'a str,
+    pub text: Option<&'a str>,
     pub encrypted: Option<String>,
-    pub attachments: String,
-    pub custom: String,
-    pub external_id: String,
+    pub attachments: std::borrow::Cow<'a, str>,
+    pub custom: std::borrow::Cow<'a, str>,
+    pub external_id: &'a str,
     pub created_at: i64,
+}
+
+/// A conversation that received imported messages in a batch.
+pub(crate) struct Touched {
+    pub conversation_id: String,
+    /// Members at or past this seq had read everything (`i64::MAX` after a renumber).
+    pub old_last: i64,
+    pub new_last: i64,
+    /// Where those members' read position moves.
+    pub read_to: i64,
+    pub last_id: String,
+    pub last_at: i64,
+    pub n: usize,
+}
+
+/// JSON text of a value, without an allocation for the empty array and object.
+pub(crate) fn json_cow(v: &Value) -> std::borrow::Cow<'static, str> {
+    match v {
+        Value::Array(a) if a.is_empty() => "[]".into(),
+        Value::Object(o) if o.is_empty() => "{}".into(),
+        v => v.to_string().into(),
+    }
 }
 
 /// Escapes `%`, `_` and `\` for a `like … escape '\'` pattern and wraps it in `%…%`.
@@ -165,8 +187,8 @@ macro_rules! sql_store {
             UserInput,
         };
         use $crate::storage::sql::{
-            CONV_COLS, ConvRow, ImportRow, MSG_COLS, PendingChange, USER_COLS, json_text, like_pattern,
-            now, parse_json,
+            CONV_COLS, ConvRow, ImportRow, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
+            json_text, like_pattern, now, parse_json,
         };
 
         fn params(start: usize, n: usize) -> String {
@@ -2422,23 +2444,19 @@ macro_rules! sql_store {
                     .collect();
                 wanted.sort_unstable();
                 wanted.dedup();
-                for chunk in wanted.chunks(1000) {
-                    self.tick(1);
-                    let sql = format!(
+                let found = self
+                    .fetch_in(
+                        &mut tx,
                         "select conversation_id, external_id, last_seq, last_message_at from conversations \
-                         where external_id in ({})",
-                        params(1, chunk.len())
+                         where external_id {in}",
+                        &wanted,
+                    )
+                    .await?;
+                for r in found {
+                    convs.insert(
+                        r.try_get(1).map_err(db_error)?,
+                        (r.try_get(0).map_err(db_error)?, r.try_get(2).map_err(db_error)?, r.try_get(3).map_err(db_error)?),
                     );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for e in chunk {
-                        q = q.bind(*e);
-                    }
-                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
-                        convs.insert(
-                            r.try_get(1).map_err(db_error)?,
-                            (r.try_get(0).map_err(db_error)?, r.try_get(2).map_err(db_error)?, r.try_get(3).map_err(db_error)?),
-                        );
-                    }
                 }
                 // A direct record whose pair already has a conversation under another external
                 // id (or none) is that conversation.
@@ -2485,18 +2503,15 @@ macro_rules! sql_store {
                 // Messages: skip the ones already imported, then give the new ones seqs in
                 // created_at order, per conversation.
                 let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-                let ext_ids: Vec<&str> = batch.messages.iter().map(|m| m.external_id.as_str()).collect();
-                for chunk in ext_ids.chunks(1000) {
-                    self.tick(1);
-                    let sql = format!(
-                        "select external_id from messages where external_id in ({})",
-                        params(1, chunk.len())
-                    );
-                    let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-                    for e in chunk {
-                        q = q.bind(*e);
-                    }
-                    known.extend(q.fetch_all(&mut *tx).await.map_err(db_error)?);
+                // Sorted, so the index is walked in order.
+                let mut ext_ids: Vec<&str> = batch.messages.iter().map(|m| m.external_id.as_str()).collect();
+                ext_ids.sort_unstable();
+                ext_ids.dedup();
+                for r in self
+                    .fetch_in(&mut tx, "select external_id from messages where external_id is not null and external_id {in}", &ext_ids)
+                    .await?
+                {
+                    known.insert(r.try_get(0).map_err(db_error)?);
                 }
                 let mut groups: HashMap<&str, Vec<&$crate::storage::ImportMessage>> = HashMap::new();
                 for m in &batch.messages {
@@ -2514,28 +2529,25 @@ macro_rules! sql_store {
                 let mut lock_ids: Vec<&str> = groups.keys().copied().collect();
                 lock_ids.sort_unstable();
                 let mut by_id: HashMap<String, (i64, Option<i64>)> = HashMap::new();
-                for chunk in lock_ids.chunks(500) {
-                    self.tick(1);
-                    let sql = format!(
-                        "select c.conversation_id, c.last_seq, c.last_message_at from conversations c \
-                         where c.conversation_id in ({}) order by c.conversation_id {}",
-                        params(1, chunk.len()),
-                        $lock
+                let locked = self
+                    .fetch_in(
+                        &mut tx,
+                        concat!(
+                            "select c.conversation_id, c.last_seq, c.last_message_at from conversations c \
+                             where c.conversation_id {in} order by c.conversation_id ",
+                            $lock
+                        ),
+                        &lock_ids,
+                    )
+                    .await?;
+                for r in locked {
+                    by_id.insert(
+                        r.try_get(0).map_err(db_error)?,
+                        (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
                     );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for c in chunk {
-                        q = q.bind(*c);
-                    }
-                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
-                        by_id.insert(
-                            r.try_get(0).map_err(db_error)?,
-                            (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
-                        );
-                    }
                 }
-                let mut rows: Vec<ImportRow> = Vec::new();
-                // (conversation, old last_seq, new last_seq, read target, last id, last at, n)
-                let mut touched: Vec<(String, i64, i64, i64, String, i64, usize)> = Vec::new();
+                let mut rows: Vec<ImportRow> = Vec::with_capacity(batch.messages.len());
+                let mut touched: Vec<Touched> = Vec::new();
                 let mut group_list: Vec<(&str, Vec<&$crate::storage::ImportMessage>)> = groups.into_iter().collect();
                 group_list.sort_by(|a, b| a.0.cmp(b.0));
                 for (conv, mut msgs) in group_list {
@@ -2553,28 +2565,27 @@ macro_rules! sql_store {
                             self.renumber(&mut tx, conv, &msgs).await?
                         };
                     let mut first_unread: Option<i64> = None;
-                    let mut last_id = String::new();
+                    let mut last_row = 0;
                     let mut last_created = 0;
                     for (m, seq) in msgs.iter().zip(seqs) {
-                        let id = new_id();
                         if m.unread {
                             first_unread = Some(first_unread.map_or(seq, |f: i64| f.min(seq)));
                         }
                         if m.created_at >= last_created {
                             last_created = m.created_at;
-                            last_id = id.clone();
+                            last_row = rows.len();
                         }
                         rows.push(ImportRow {
-                            id,
-                            conversation_id: conv.to_owned(),
+                            id: new_id(),
+                            conversation_id: conv,
                             seq,
-                            sender_id: m.sender_id.clone(),
-                            kind: m.kind.clone(),
-                            text: m.text.clone(),
+                            sender_id: m.sender_id.as_deref(),
+                            kind: &m.kind,
+                            text: m.text.as_deref(),
                             encrypted: m.encrypted.as_ref().map(json_text),
-                            attachments: json_text(&m.attachments),
-                            custom: json_text(&m.custom),
-                            external_id: m.external_id.clone(),
+                            attachments: json_cow(&m.attachments),
+                            custom: json_cow(&m.custom),
+                            external_id: &m.external_id,
                             created_at: m.created_at,
                         });
                     }
@@ -2582,56 +2593,39 @@ macro_rules! sql_store {
                     // After a renumber, read positions were remapped to their messages; moving
                     // them by the old end could mark unread messages read, so they stay.
                     let old_last = if renumbered { i64::MAX } else { last_seq };
-                    touched.push((conv.to_owned(), old_last, new_last, read_to, last_id, last_created, msgs.len()));
-                }
-                self.bulk_insert_messages(&mut tx, &rows).await?;
-                for chunk in touched.chunks(500) {
-                    self.tick(2);
-                    // Denormalized fields: the newest message by created_at, the last seq.
-                    let sql = format!(
-                        "update conversations set last_seq = v.column2, \
-                         last_message_id = case when conversations.last_message_at is null \
-                           or conversations.last_message_at <= v.column4 then v.column3 \
-                           else conversations.last_message_id end, \
-                         last_message_at = case when conversations.last_message_at is null \
-                           or conversations.last_message_at <= v.column4 then v.column4 \
-                           else conversations.last_message_at end, \
-                         activity_at = case when conversations.activity_at < v.column4 then v.column4 \
-                           else conversations.activity_at end \
-                         from (values {}) as v where conversations.conversation_id = v.column1",
-                        tuples(1, chunk.len(), 4)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (c, _, new_last, _, last_id, last_at, _) in chunk {
-                        q = q.bind(c).bind(*new_last).bind(last_id).bind(*last_at);
-                    }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
-                    // Imported messages count as read for members who had read everything:
-                    // their position moves to just before the first message marked unread.
-                    let sql = format!(
-                        "update members set last_read_seq = v.column3 from (values {}) as v \
-                         where members.conversation_id = v.column1 and members.last_read_seq >= v.column2 \
-                         and members.last_read_seq < v.column3",
-                        tuples(1, chunk.len(), 3)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (c, old_last, _, read_to, _, _, _) in chunk {
-                        q = q.bind(c).bind(*old_last).bind(*read_to);
-                    }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
-                }
-                for (c, _, new_last, _, _, last_at, n) in &touched {
-                    pending.push(PendingChange {
-                        conversation_id: c.clone(),
-                        kind: ChangeKind::ConversationUpdated,
-                        user_id: None,
-                        data: json!({
-                            "id": c, "last_seq": new_last, "last_message_at": Timestamp(*last_at),
-                            "imported_messages": n,
-                        }),
+                    touched.push(Touched {
+                        conversation_id: conv.to_owned(),
+                        old_last,
+                        new_last,
+                        read_to,
+                        last_id: rows[last_row].id.clone(),
+                        last_at: last_created,
+                        n: msgs.len(),
                     });
                 }
-                out.upserted += touched.iter().filter(|x| !created.iter().any(|(id, _)| *id == x.0)).count() as u64;
+                self.bulk_insert_messages(&mut tx, &rows).await?;
+                // Denormalized fields (the newest message by created_at, the last seq), and
+                // read positions: imported messages count as read for members who had read
+                // everything; their position moves to just before the first message marked
+                // unread.
+                self.update_touched(&mut tx, &touched).await?;
+                let created_ids: std::collections::HashSet<&str> =
+                    created.iter().map(|(id, _)| id.as_str()).collect();
+                out.upserted += touched
+                    .iter()
+                    .filter(|t| !created_ids.contains(t.conversation_id.as_str()))
+                    .count() as u64;
+                for t in touched {
+                    pending.push(PendingChange {
+                        data: json!({
+                            "id": t.conversation_id, "last_seq": t.new_last,
+                            "last_message_at": Timestamp(t.last_at), "imported_messages": t.n,
+                        }),
+                        conversation_id: t.conversation_id,
+                        kind: ChangeKind::ConversationUpdated,
+                        user_id: None,
+                    });
+                }
                 let changes = self.record(&mut tx, pending).await?;
                 self.commit(tx).await?;
                 Ok(Committed { value: out, changes })

@@ -52,7 +52,13 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(db_timeout)
-            .connect_with(base.clone().create_if_missing(true))
+            // The writer's page cache holds the hot index pages of a bulk import (the
+            // `(conversation_id, seq)` index takes inserts at every conversation's end).
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .pragma("cache_size", "-131072"),
+            )
             .await?;
         let store = SqliteStore {
             writer,
@@ -97,6 +103,79 @@ super::sql::sql_store!(
 );
 
 impl SqliteStore {
+    /// Runs `sql`, whose `{in}` stands for a membership test of the statement's parameters,
+    /// for `values` in lists of 500 anonymous placeholders.
+    async fn fetch_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        sql: &str,
+        values: &[&str],
+    ) -> super::StoreResult<Vec<sqlx::sqlite::SqliteRow>> {
+        let mut out = Vec::new();
+        for chunk in values.chunks(500) {
+            self.queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let list = format!("in ({})", vec!["?"; chunk.len()].join(","));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.replace("{in}", &list)));
+            for v in chunk {
+                q = q.bind(*v);
+            }
+            out.extend(q.fetch_all(&mut **tx).await.map_err(super::db_error)?);
+        }
+        Ok(out)
+    }
+
+    /// After an import batch's messages: the touched conversations' denormalized fields and
+    /// the read positions of members who had read everything, in 500-row statements.
+    async fn update_touched(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        touched: &[super::sql::Touched],
+    ) -> super::StoreResult<()> {
+        for chunk in touched.chunks(500) {
+            self.queries
+                .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+            let values = |cols: usize| {
+                let one = format!("({})", vec!["?"; cols].join(","));
+                vec![one.as_str(); chunk.len()].join(",")
+            };
+            let sql = format!(
+                "update conversations set last_seq = v.column2, \
+                 last_message_id = case when conversations.last_message_at is null \
+                   or conversations.last_message_at <= v.column4 then v.column3 \
+                   else conversations.last_message_id end, \
+                 last_message_at = case when conversations.last_message_at is null \
+                   or conversations.last_message_at <= v.column4 then v.column4 \
+                   else conversations.last_message_at end, \
+                 activity_at = case when conversations.activity_at < v.column4 then v.column4 \
+                   else conversations.activity_at end \
+                 from (values {}) as v where conversations.conversation_id = v.column1",
+                values(4)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for t in chunk {
+                q = q
+                    .bind(&t.conversation_id)
+                    .bind(t.new_last)
+                    .bind(&t.last_id)
+                    .bind(t.last_at);
+            }
+            q.execute(&mut **tx).await.map_err(super::db_error)?;
+            let sql = format!(
+                "update members set last_read_seq = v.column3 from (values {}) as v \
+                 where members.conversation_id = v.column1 and members.last_read_seq >= v.column2 \
+                 and members.last_read_seq < v.column3",
+                values(3)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for t in chunk {
+                q = q.bind(&t.conversation_id).bind(t.old_last).bind(t.read_to);
+            }
+            q.execute(&mut **tx).await.map_err(super::db_error)?;
+        }
+        Ok(())
+    }
+
     /// Bulk message insert for imports: multi-row statements of 500 rows, all in the caller's
     /// transaction. The placeholders are anonymous (`?`): sqlx asks SQLite the name of every
     /// parameter it binds, which is a linear search for named or numbered ones (quadratic in a
@@ -104,7 +183,7 @@ impl SqliteStore {
     async fn bulk_insert_messages(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        rows: &[super::sql::ImportRow],
+        rows: &[super::sql::ImportRow<'_>],
     ) -> super::StoreResult<()> {
         for chunk in rows.chunks(500) {
             self.queries
@@ -118,15 +197,15 @@ impl SqliteStore {
             for r in chunk {
                 q = q
                     .bind(&r.id)
-                    .bind(&r.conversation_id)
+                    .bind(r.conversation_id)
                     .bind(r.seq)
-                    .bind(&r.sender_id)
-                    .bind(&r.kind)
-                    .bind(&r.text)
+                    .bind(r.sender_id)
+                    .bind(r.kind)
+                    .bind(r.text)
                     .bind(&r.encrypted)
-                    .bind(&r.attachments)
-                    .bind(&r.custom)
-                    .bind(&r.external_id)
+                    .bind(r.attachments.as_ref())
+                    .bind(r.custom.as_ref())
+                    .bind(r.external_id)
                     .bind(r.created_at);
             }
             q.execute(&mut **tx).await.map_err(super::db_error)?;

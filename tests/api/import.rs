@@ -8,7 +8,8 @@ use crate::helpers::{Db, TestApp, spawn_app};
 
 both!(
     import_streams_reports_and_is_idempotent,
-    import_into_newer_history_renumbers
+    import_into_newer_history_renumbers,
+    import_behind_live_messages_keeps_text_and_is_idempotent
 );
 
 async fn post_ndjson(app: &TestApp, body: String) -> Vec<Value> {
@@ -222,4 +223,105 @@ async fn import_into_newer_history_renumbers(db: Db) {
     assert_eq!(c["last_seq"], 4);
     assert_eq!(c["last_message"]["text"], "evening");
     assert_eq!(c["unread_count"], 0);
+}
+
+/// History imported into a conversation that already has newer live messages: it goes before
+/// them, every character of the texts survives the bulk path (COPY escapes on PostgreSQL), read
+/// positions follow their messages, and a second import of the same file changes nothing.
+async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
+    let app = spawn_app(db).await;
+    app.users(&[("ann", "Ann"), ("bob", "Bob")]).await;
+    let id = app.conversation("ann", "direct", &["bob"]).await;
+    app.send("ann", &id, "live-1", "live now").await;
+    let texts = [
+        "tab\there",
+        "line\nbreak\r\nand crlf",
+        "back\\slash \\N and \\t literally",
+        "unicode é 漢字 🎉",
+        "plain",
+    ];
+    let file: Vec<String> = std::iter::once(
+        json!({"record": "conversation", "external_id": "legacy-ab", "type": "direct", "member_ids": ["bob", "ann"]}).to_string(),
+    )
+    .chain(texts.iter().enumerate().map(|(i, t)| {
+        json!({"record": "message", "conversation_external_id": "legacy-ab", "external_id": format!("x{i}"),
+               "sender_id": if i % 2 == 0 { "ann" } else { "bob" }, "text": t,
+               "created_at": format!("2020-03-0{}T00:00:00Z", i + 1)})
+        .to_string()
+    }))
+    .collect();
+    let out = post_ndjson(&app, file.join("\n")).await;
+    let done = out.last().unwrap();
+    assert_eq!(
+        (
+            done["conversations"].as_i64(),
+            done["messages"].as_i64(),
+            done["errors"].as_i64()
+        ),
+        (Some(1), Some(5), Some(0)),
+        "{out:?}"
+    );
+    let a = app.user("ann");
+    let page = app
+        .get(&format!("/v1/conversations/{id}/messages"), &a)
+        .await
+        .expect(200);
+    let got: Vec<(i64, String)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_i64().unwrap(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(i64, String)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as i64 + 1, (*t).to_owned()))
+        .collect();
+    want.push((6, "live now".into()));
+    assert_eq!(got, want);
+    assert_eq!(
+        page["messages"][0]["created_at"], "2020-03-01T00:00:00.000Z",
+        "original timestamps"
+    );
+    let c = app
+        .get(&format!("/v1/conversations/{id}"), &a)
+        .await
+        .expect(200);
+    assert_eq!(
+        c["external_id"], "legacy-ab",
+        "the pair's conversation took the external id"
+    );
+    assert_eq!(c["last_seq"], 6);
+    assert_eq!(c["last_message"]["text"], "live now");
+    assert_eq!(
+        c["unread_count"], 0,
+        "ann's read position followed her message"
+    );
+    let bob_unread = app.get("/v1/unread", &app.user("bob")).await.expect(200)["total"]
+        .as_i64()
+        .unwrap();
+    assert!(bob_unread >= 1, "bob's unread live message stays unread");
+
+    // The same file again: same counts, the same messages, no change recorded.
+    let since = app.get("/v1/sync", &a).await.expect(200)["next_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let again = post_ndjson(&app, file.join("\n")).await;
+    assert_eq!(again.last().unwrap()["messages"], 5);
+    let page2 = app
+        .get(&format!("/v1/conversations/{id}/messages"), &a)
+        .await
+        .expect(200);
+    assert_eq!(page2, page);
+    let ev = app
+        .get(&format!("/v1/sync?since={since}"), &a)
+        .await
+        .expect(200);
+    assert!(ev["events"].as_array().unwrap().is_empty(), "{ev}");
 }
