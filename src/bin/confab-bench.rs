@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
+#[path = "confab-bench/fanout.rs"]
 mod fanout;
 
 #[derive(Parser)]

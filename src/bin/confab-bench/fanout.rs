@@ -247,10 +247,15 @@ impl Fanout {
                 self.url, conversations[g]
             );
             let permit = inflight.clone().acquire_owned().await?;
-            let (http, token, sent, errors) =
-                (http.clone(), self.token.clone(), sent.clone(), errors.clone());
+            let (http, token, sent, errors) = (
+                http.clone(),
+                self.token.clone(),
+                sent.clone(),
+                errors.clone(),
+            );
             sends.push(tokio::spawn(async move {
-                let body = json!({"client_id": format!("f{k}"), "text": format!("fb:{}:", now_us())});
+                let body =
+                    json!({"client_id": format!("f{k}"), "text": format!("fb:{}:", now_us())});
                 let ok = http
                     .post(url)
                     .bearer_auth(token)
