@@ -112,6 +112,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let io = self.io;
         let writes = self.state.writes.clone();
+        let hub = self.state.realtime.get().cloned().unwrap_or_default();
         let app = router(self.state)
             .layer(self.realtime)
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -122,6 +123,14 @@ impl Application {
             // catches up with /v1/sync); a long-polling request would otherwise hold the
             // shutdown until its poll ends.
             io.close().await;
+            // Let the transports' close frames go out before the process ends.
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while hub.upgrade().is_some_and(|h| h.live_sockets() > 0)
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         axum::serve(self.listener, app)
             .with_graceful_shutdown(stopping)

@@ -65,6 +65,8 @@ pub struct Hub {
     /// Changes to deliver, local and remote, into the one task that delivers them in position
     /// order.
     inbound: tokio::sync::mpsc::Sender<Inbound>,
+    /// Sockets connected to this node.
+    live: std::sync::atomic::AtomicUsize,
 }
 
 /// What the in-order delivery task handles.
@@ -85,6 +87,7 @@ pub async fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, 
     let (inbound, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_QUEUE);
     let hub = Arc::new(Hub {
         inbound,
+        live: Default::default(),
         limiter: state.config.socket_rate_limit.map(RateLimiter::new),
         node: uuid::Uuid::now_v7().to_string(),
         bridge: OnceLock::new(),
@@ -138,6 +141,11 @@ impl Hub {
                 let _ = inbound.send(item).await;
             });
         }
+    }
+
+    /// Sockets connected to this node now.
+    pub fn live_sockets(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether cross-node delivery works (`None`: single node, no Redis configured).
@@ -571,11 +579,13 @@ async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
     // delivery task sets them again, in order with the changes it delivers.
     let _ = hub.inbound.send(Inbound::Rooms(socket.clone())).await;
     hub.state.presence.connected(&user);
+    hub.live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     metrics::gauge!("confab_realtime_sockets").increment(1.0);
 }
 
 async fn on_disconnect(socket: SocketRef, State(hub): State<Arc<Hub>>, _reason: DisconnectReason) {
     metrics::gauge!("confab_realtime_sockets").decrement(1.0);
+    hub.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     if let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() {
         hub.state.presence.disconnected(&user);
     }

@@ -596,8 +596,18 @@ async fn sigterm_closes_sockets_and_finishes_requests() {
             answered += 1;
         }
     }
-    assert_eq!(sock.closed_by_server().await, "transport close");
-    assert_eq!(polling.closed_by_server().await, "transport close");
+    // The server closes the transports; a close racing the client's own heartbeat bytes
+    // reaches the client as a reset ("transport error") rather than a close frame. Either
+    // way the client's next step is to reconnect.
+    for reason in [
+        sock.closed_by_server().await,
+        polling.closed_by_server().await,
+    ] {
+        assert!(
+            reason == "transport close" || reason == "transport error",
+            "closed by the server: {reason}"
+        );
+    }
     let status = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
