@@ -193,11 +193,11 @@ async fn create(
 }
 
 /// The opaque listing cursor: base64url of `activity_ms:id`.
-fn encode_cursor((at, id): &(i64, String)) -> String {
+pub(crate) fn encode_cursor((at, id): &(i64, String)) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
 }
 
-fn decode_cursor(s: &str) -> Option<(i64, String)> {
+pub(crate) fn decode_cursor(s: &str) -> Option<(i64, String)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()?;
@@ -244,6 +244,21 @@ async fn list(
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
+    let filter = list_filter(&params)?;
+    let mut page = state.store.list_conversations(user, &filter).await?;
+    members_presence(&state, &mut page.conversations);
+    let mut body = json!({
+        "conversations": page.conversations,
+        "next_cursor": page.next.as_ref().map(encode_cursor),
+    });
+    if let Some(total) = page.total {
+        body["total"] = json!(total);
+    }
+    Ok(Json(body))
+}
+
+/// The filter of `GET /v1/conversations` from its query parameters.
+pub(crate) fn list_filter(params: &Params) -> ApiResult<ListFilter> {
     let cursor = match params.str("cursor") {
         None | Some("") => None,
         Some(c) => Some(
@@ -284,16 +299,7 @@ async fn list(
         unread_only: params.bool("unread_only")?,
         include_total: params.bool("include_total")?,
     };
-    let mut page = state.store.list_conversations(user, &filter).await?;
-    members_presence(&state, &mut page.conversations);
-    let mut body = json!({
-        "conversations": page.conversations,
-        "next_cursor": page.next.as_ref().map(encode_cursor),
-    });
-    if let Some(total) = page.total {
-        body["total"] = json!(total);
-    }
-    Ok(Json(body))
+    Ok(filter)
 }
 
 /// `GET /v1/conversations/{id}?messages=N`.

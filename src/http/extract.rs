@@ -72,7 +72,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let q = parts.uri.query().unwrap_or("");
+        Params::from_query(parts.uri.query().unwrap_or(""))
+    }
+}
+
+impl Params {
+    /// Reads a raw query string (without `?`); a later repeat of a name wins.
+    pub fn from_query(q: &str) -> ApiResult<Params> {
         let map: HashMap<String, String> = serde_urlencoded::from_str::<Vec<(String, String)>>(q)
             .map_err(|_| ApiError::Validation {
                 field: None,
@@ -87,9 +93,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         }
         Ok(Params(map))
     }
-}
 
-impl Params {
     pub fn str(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
@@ -162,6 +166,14 @@ impl Params {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header, trimmed; `None` for anything else.
+pub fn bearer_token(header: Option<&axum::http::HeaderValue>) -> Option<&str> {
+    header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// The authenticated caller: a user, or the server (optionally acting as a user with `?as=`).
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -208,16 +220,9 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = bearer_token(parts.headers.get(axum::http::header::AUTHORIZATION))
             .ok_or(ApiError::Unauthorized)?;
-        let principal = state
-            .keys
-            .verify(token.trim())
-            .ok_or(ApiError::Unauthorized)?;
+        let principal = state.keys.verify(token).ok_or(ApiError::Unauthorized)?;
         let acting = match &principal {
             Principal::User(sub) => {
                 if check_user_id("sub", sub).is_err() {

@@ -136,6 +136,13 @@ async fn page(
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
+    let (limit, bound) = page_params(&params)?;
+    let (messages, has_more) = state.store.page_messages(user, &id, bound, limit).await?;
+    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+}
+
+/// The page size and bound of `GET /v1/conversations/{id}/messages`.
+pub(crate) fn page_params(params: &Params) -> ApiResult<(u32, PageBound)> {
     let limit = params.int("limit", 1..=200, 50)? as u32;
     let before = params.opt_int("before_seq", 0..=i64::MAX)?;
     let after = params.opt_int("after_seq", 0..=i64::MAX)?;
@@ -150,8 +157,7 @@ async fn page(
         (None, Some(a)) => PageBound::After(a),
         (None, None) => PageBound::Newest,
     };
-    let (messages, has_more) = state.store.page_messages(user, &id, bound, limit).await?;
-    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+    Ok((limit, bound))
 }
 
 /// The body of `POST /v1/conversations/{id}/read`; the body may also be empty.

@@ -582,6 +582,7 @@ fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
         .ok_or(ApiError::Unauthorized)
 }
 
+/// Decodes a client event's payload as the REST body of the same shape would be.
 fn payload<T: serde::de::DeserializeOwned>(
     data: Result<Value, impl std::fmt::Display>,
 ) -> Result<T, ApiError> {
@@ -600,18 +601,26 @@ async fn on_send(
 ) {
     let result = async {
         let user = admit(&socket, &hub)?;
-        let input: SendInput = payload(data)?;
-        let conversation = input
-            .conversation_id
-            .clone()
-            .ok_or_else(|| ApiError::invalid("conversation_id", "is required"))?;
-        if input.user_id.is_some() {
-            return Err(ApiError::invalid("user_id", "unknown field"));
-        }
+        let (conversation, input) = send_payload(data)?;
         crate::http::messages::send_message(&hub.state, conversation, user, input).await
     }
     .await;
     answer(ack, result.map(|(message, _)| json!({"message": message})));
+}
+
+/// The conversation and body of a `message.send` payload (validated later, by the send).
+pub(crate) fn send_payload(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, SendInput), ApiError> {
+    let input: SendInput = payload(data)?;
+    let conversation = input
+        .conversation_id
+        .clone()
+        .ok_or_else(|| ApiError::invalid("conversation_id", "is required"))?;
+    if input.user_id.is_some() {
+        return Err(ApiError::invalid("user_id", "unknown field"));
+    }
+    Ok((conversation, input))
 }
 
 #[derive(Deserialize)]
@@ -619,6 +628,17 @@ async fn on_send(
 struct ReadPayload {
     conversation_id: String,
     seq: Option<i64>,
+}
+
+/// The conversation and seq of a `read` payload.
+pub(crate) fn read_payload(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, Option<i64>), ApiError> {
+    let p: ReadPayload = payload(data)?;
+    if p.seq.is_some_and(|s| s < 0) {
+        return Err(ApiError::invalid("seq", "must be an integer ≥ 0"));
+    }
+    Ok((p.conversation_id, p.seq))
 }
 
 async fn on_read(
@@ -629,8 +649,8 @@ async fn on_read(
 ) {
     let result = async {
         let user = admit(&socket, &hub)?;
-        let p: ReadPayload = payload(data)?;
-        crate::http::messages::mark_read(&hub.state, p.conversation_id, user, p.seq).await
+        let (conversation, seq) = read_payload(data)?;
+        crate::http::messages::mark_read(&hub.state, conversation, user, seq).await
     }
     .await;
     answer(ack, result.map(|seq| json!({"last_read_seq": seq})));
@@ -643,6 +663,14 @@ struct TypingPayload {
     typing: bool,
 }
 
+/// The conversation and state of a `typing` payload.
+pub(crate) fn typing_payload(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, bool), ApiError> {
+    let p: TypingPayload = payload(data)?;
+    Ok((p.conversation_id, p.typing))
+}
+
 async fn on_typing(
     socket: SocketRef,
     io: SocketIo,
@@ -652,24 +680,21 @@ async fn on_typing(
 ) {
     let result = (|| {
         let user = admit(&socket, &hub)?;
-        let p: TypingPayload = payload(data)?;
+        let p = typing_payload(data)?;
         // Membership is the socket's room: no database round trip for an ephemeral event.
-        if !socket
-            .rooms()
-            .iter()
-            .any(|r| *r == format!("c:{}", p.conversation_id))
-        {
+        if !socket.rooms().iter().any(|r| *r == format!("c:{}", p.0)) {
             return Err(ApiError::NotFound);
         }
         Ok((user, p))
     })();
     let result = result.map(|(user, p)| {
-        hub.deliver_typing(&io, &p.conversation_id, &user, p.typing);
+        let (conversation_id, typing) = p;
+        hub.deliver_typing(&io, &conversation_id, &user, typing);
         hub.publish(Envelope::Typing {
             node: hub.node.clone(),
-            conversation_id: p.conversation_id,
+            conversation_id,
             user_id: user,
-            typing: p.typing,
+            typing,
         });
         json!({})
     });
