@@ -62,12 +62,13 @@ pub fn conversation_list(data: &[u8]) {
     if let Some(c) = decode_cursor(&s) {
         assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c.clone()), "{s:?}");
     }
-    // Any position the server hands out decodes back to itself.
+    // Any position the server hands out (ids never hold U+0000) decodes back to itself.
     if data.len() >= 8 {
         let at = i64::from_le_bytes(data[..8].try_into().unwrap());
         let id = String::from_utf8_lossy(&data[8..]).into_owned();
         let c = (at, id);
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
+        let expected = (!c.1.contains('\0')).then(|| c.clone());
+        assert_eq!(decode_cursor(&encode_cursor(&c)), expected);
     }
     // The whole query string, raw and as a cursor parameter.
     let mut queries = vec![s.to_string()];

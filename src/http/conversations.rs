@@ -1,7 +1,7 @@
 //! `/v1/conversations`: create, list, get, patch, tags, members.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use base64::Engine;
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params};
+use super::extract::{Caller, Json, Params, Path};
 use super::openapi::Error;
 use crate::domain::{
     Conversation, MAX_MEMBERS_PER_CALL, MAX_NAME_CHARS, check_custom, check_string, check_tags,
@@ -102,7 +102,7 @@ fn check_opt_text(field: &str, v: &Option<String>, max: usize) -> ApiResult<()> 
     summary = "Create a conversation",
     description = "Writes no message. A `direct` conversation for an existing pair, or a repeated \
         `external_id`, answers the existing one with 200 instead of 201.",
-    params(("as" = Option<String>, Query, description = "With a server token: act as this user"),),
+    params(("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Conversation),
@@ -203,6 +203,10 @@ pub(crate) fn decode_cursor(s: &str) -> Option<(i64, String)> {
         .ok()?;
     let raw = String::from_utf8(raw).ok()?;
     let (at, id) = raw.split_once(':')?;
+    // No id holds U+0000 (PostgreSQL refuses it in a parameter: a 500).
+    if id.contains('\0') {
+        return None;
+    }
     Some((at.parse().ok()?, id.to_owned()))
 }
 
@@ -226,7 +230,7 @@ pub(crate) fn decode_cursor(s: &str) -> Option<(i64, String)> {
         ("updated_before" = Option<String>, Query, format = DateTime, description = "Last activity at or before (RFC 3339)"),
         ("unread_only" = Option<bool>, Query, description = "Only conversations with unread messages"),
         ("include_total" = Option<bool>, Query, description = "Add `total`: the exact number matching the filters"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "One page", body = super::openapi::ConversationList),
@@ -314,7 +318,7 @@ pub(crate) fn list_filter(params: &Params) -> ApiResult<ListFilter> {
     params(
         ("id" = String, Path, description = "Conversation id"),
         ("messages" = Option<i64>, Query, minimum = 0, maximum = 200, description = "Also return the newest N messages, default 0"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The conversation as the caller sees it", body = Conversation),
@@ -362,7 +366,7 @@ fn nullable_text(body: &Value, field: &str, max: usize) -> ApiResult<Option<Opti
         `system` message. A server token needs `?as`.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = super::openapi::ConversationPatch,
     responses(
@@ -435,7 +439,7 @@ struct TagsBody {
         server's view.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = TagsBody,
     responses(
@@ -486,7 +490,7 @@ struct MembersBody {
         `last_read_seq` at the conversation's `last_seq`.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = MembersBody,
     responses(
@@ -535,7 +539,7 @@ async fn add_members(
     params(
         ("id" = String, Path, description = "Conversation id"),
         ("user_id" = String, Path, description = "The member to remove (the caller to leave)"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 204, description = "Removed"),
@@ -571,5 +575,21 @@ mod tests {
         assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
         assert_eq!(decode_cursor("!!!"), None);
         assert_eq!(decode_cursor("Zm9v"), None); // "foo": no colon
+    }
+
+    /// Found by the `conversation_list` fuzz target: a cursor whose id held U+0000 was
+    /// accepted, and PostgreSQL answered the listing with an error (500).
+    #[test]
+    fn cursor_with_nul_is_refused() {
+        let bad = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("53:\u{3}\0");
+        assert_eq!(decode_cursor(&bad), None);
+        let params = Params::from_query(&format!("cursor={bad}")).unwrap();
+        let Err(ApiError::Validation { field, .. }) = list_filter(&params) else {
+            panic!("accepted");
+        };
+        assert_eq!(field.as_deref(), Some("cursor"));
+        crate::fuzzing::conversation_list(
+            b"limit=30&c\0\0\0\0\0\0\0\0L&cursor=MTc6NTMDAwAwMDAwMDE",
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json};
+use super::extract::{Caller, Json, Path};
 use crate::domain::check_string;
 use crate::import::messenger;
 
@@ -99,6 +99,7 @@ async fn messenger_sync(
     params(("id" = String, Path, description = "The job id")),
     responses(
         (status = 200, description = "The job", body = Value),
+        (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
         (status = 404, description = "`not_found`", body = super::openapi::Error),
@@ -131,6 +132,7 @@ async fn job(
     params(("id" = String, Path, description = "The job id")),
     responses(
         (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
         (status = 404, description = "`not_found`", body = super::openapi::Error),

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, patch, post};
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params, parse_json};
+use super::extract::{Caller, Json, Params, Path, parse_json};
 use super::openapi::Error;
 use crate::domain::{MAX_TEXT_CHARS, Message, SendInput, check_custom, check_string};
 use crate::storage::{PageBound, WriteOp, WriteOutcome};
@@ -57,7 +57,7 @@ pub async fn send_message(
         A server token names the sender with `?as` or, as an extension, `user_id` in the body.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = SendInput,
     responses(
@@ -116,7 +116,7 @@ async fn send(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size, default 50"),
         ("before_seq" = Option<i64>, Query, minimum = 0, description = "Messages just before this seq"),
         ("after_seq" = Option<i64>, Query, minimum = 0, description = "Messages just after this seq"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "One page, oldest first", body = super::openapi::MessagePage),
@@ -202,7 +202,7 @@ pub async fn mark_read(
         nothing. The body may be empty. A server token needs `?as`.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body(content = Option<ReadBody>, description = "Optional: `{}` or no body means the latest"),
     responses(
@@ -259,7 +259,7 @@ struct EditBody {
         that user).",
     params(
         ("id" = String, Path, description = "Message id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = EditBody,
     responses(
@@ -313,7 +313,7 @@ async fn edit(
         `deleted_at` set, `text` and `encrypted` null, `attachments` empty.",
     params(
         ("id" = String, Path, description = "Message id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The tombstone", body = Message),
@@ -345,7 +345,7 @@ async fn remove(
     summary = "Unread counts",
     description = "Exact, uncapped counts per conversation (only non-zero ones) and their total. \
         A server token needs `?as`.",
-    params(("as" = Option<String>, Query, description = "With a server token: act as this user"),),
+    params(("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),),
     responses(
         (status = 200, description = "The counts", body = super::openapi::Unread),
         (status = 400, description = "`validation_failed`: `as` missing with a server token", body = Error),

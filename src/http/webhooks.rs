@@ -1,7 +1,7 @@
 //! `/v1/webhooks/deliveries`: the outbox, for the app's backend (server token).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use base64::Engine;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params};
+use super::extract::{Caller, Json, Params, Path};
 use crate::domain::Timestamp;
 use crate::storage::Delivery;
 
@@ -89,6 +89,7 @@ async fn list(
     params(("id" = String, Path, description = "The delivery's webhook-id")),
     responses(
         (status = 202, description = "The delivery, pending again", body = Value),
+        (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
         (status = 404, description = "`not_found`", body = super::openapi::Error),

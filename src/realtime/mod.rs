@@ -620,6 +620,7 @@ pub(crate) fn send_payload(
     if input.user_id.is_some() {
         return Err(ApiError::invalid("user_id", "unknown field"));
     }
+    no_nul_id(&conversation)?;
     Ok((conversation, input))
 }
 
@@ -635,6 +636,7 @@ pub(crate) fn read_payload(
     data: Result<Value, impl std::fmt::Display>,
 ) -> Result<(String, Option<i64>), ApiError> {
     let p: ReadPayload = payload(data)?;
+    no_nul_id(&p.conversation_id)?;
     if p.seq.is_some_and(|s| s < 0) {
         return Err(ApiError::invalid("seq", "must be an integer ≥ 0"));
     }
@@ -668,7 +670,15 @@ pub(crate) fn typing_payload(
     data: Result<Value, impl std::fmt::Display>,
 ) -> Result<(String, bool), ApiError> {
     let p: TypingPayload = payload(data)?;
+    no_nul_id(&p.conversation_id)?;
     Ok((p.conversation_id, p.typing))
+}
+
+/// A `conversation_id` with U+0000 is refused like any such string (PostgreSQL refuses it:
+/// the send or read failed as `unavailable`).
+fn no_nul_id(conversation_id: &str) -> Result<(), ApiError> {
+    crate::domain::check_string("conversation_id", conversation_id, usize::MAX)?;
+    Ok(())
 }
 
 async fn on_typing(
@@ -699,4 +709,36 @@ async fn on_typing(
         json!({})
     });
     answer(ack, result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `socket_event` fuzz target: a `conversation_id` holding U+0000 passed
+    /// decoding and failed in the database (acknowledged `unavailable` on PostgreSQL).
+    #[test]
+    fn conversation_id_with_nul_is_refused() {
+        let ok: Result<Value, &str> = Ok(json!({"conversation_id": "c\0", "seq": 1}));
+        let field = |r: Result<(), ApiError>| match r {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(read_payload(ok).map(|_| ())).as_deref(),
+            Some("conversation_id")
+        );
+        let send: Result<Value, &str> =
+            Ok(json!({"conversation_id": "\0c", "client_id": "x", "text": "hi"}));
+        assert_eq!(
+            field(send_payload(send).map(|_| ())).as_deref(),
+            Some("conversation_id")
+        );
+        let typing: Result<Value, &str> = Ok(json!({"conversation_id": "\0", "typing": true}));
+        assert_eq!(
+            field(typing_payload(typing).map(|_| ())).as_deref(),
+            Some("conversation_id")
+        );
+        assert!(read_payload(Ok::<_, &str>(json!({"conversation_id": "c", "seq": 2}))).is_ok());
+    }
 }
