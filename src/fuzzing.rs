@@ -405,11 +405,11 @@ pub fn authorization(data: &[u8]) {
     use std::sync::LazyLock;
     static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys::new(SECRET));
 
-    if let Ok(h) = axum::http::HeaderValue::from_bytes(data) {
-        if let Some(t) = bearer_token(Some(&h)) {
-            assert_eq!(t, t.trim());
-            assert_eq!(KEYS.verify(t), None, "forged: {data:?}");
-        }
+    if let Ok(h) = axum::http::HeaderValue::from_bytes(data)
+        && let Some(t) = bearer_token(Some(&h))
+    {
+        assert_eq!(t, t.trim());
+        assert_eq!(KEYS.verify(t), None, "forged: {data:?}");
     }
 
     let Some((&k, sub)) = data.split_first() else {
