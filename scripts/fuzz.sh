@@ -5,7 +5,7 @@
 #
 # Corpora grow in fuzz/corpus/<target>/ (not committed), starting from fuzz/seeds/<target>/.
 # A contract violation stops its target and leaves the input in fuzz/artifacts/<target>/;
-# replay it with `cargo +nightly fuzz run <target> <file>`. The script runs every target and
+# replay it with `cargo +nightly fuzz run --sanitizer none <target> <file>`. The script runs every target and
 # fails at the end if any found something.
 set -euo pipefail
 cd "$(dirname "$0")/.."
