@@ -11,12 +11,15 @@
 //! - `jobs`: background work: webhook delivery from the outbox, retention;
 //! - `realtime`: Socket.IO delivery, client events, presence, the Redis bridge between nodes;
 //! - `app`: wiring: build, bind, run until stopped;
-//! - `auth`: JWT tokens; `telemetry`: tracing and metrics.
+//! - `auth`: JWT tokens; `telemetry`: tracing and metrics;
+//! - `fuzzing`: the parsers of untrusted input with their contracts, for the `fuzz/` targets.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod import;
 pub mod jobs;

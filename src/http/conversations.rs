@@ -102,7 +102,7 @@ fn check_opt_text(field: &str, v: &Option<String>, max: usize) -> ApiResult<()> 
     summary = "Create a conversation",
     description = "Writes no message. A `direct` conversation for an existing pair, or a repeated \
         `external_id`, answers the existing one with 200 instead of 201.",
-    params(("as" = Option<String>, Query, description = "With a server token: act as this user"),),
+    params(("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),),
     request_body = CreateBody,
     responses(
         (status = 201, description = "Created", body = Conversation),
@@ -193,13 +193,17 @@ async fn create(
 }
 
 /// The opaque listing cursor: `activity_ms:id`, sealed (see `Keys::seal`).
-fn encode_cursor(keys: &Keys, (at, id): &(i64, String)) -> String {
+pub(crate) fn encode_cursor(keys: &Keys, (at, id): &(i64, String)) -> String {
     keys.seal("conversations", &format!("{at}:{id}"))
 }
 
-fn decode_cursor(keys: &Keys, s: &str) -> Option<(i64, String)> {
+pub(crate) fn decode_cursor(keys: &Keys, s: &str) -> Option<(i64, String)> {
     let raw = keys.open("conversations", s)?;
     let (at, id) = raw.split_once(':')?;
+    // No id holds U+0000 (PostgreSQL refuses it in a parameter: a 500).
+    if id.contains('\0') {
+        return None;
+    }
     Some((at.parse().ok()?, id.to_owned()))
 }
 
@@ -223,7 +227,7 @@ fn decode_cursor(keys: &Keys, s: &str) -> Option<(i64, String)> {
         ("updated_before" = Option<String>, Query, format = DateTime, description = "Last activity at or before (RFC 3339)"),
         ("unread_only" = Option<bool>, Query, description = "Only conversations with unread messages"),
         ("include_total" = Option<bool>, Query, description = "Add `total`: the exact number matching the filters"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "One page", body = super::openapi::ConversationList),
@@ -241,10 +245,25 @@ async fn list(
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
+    let filter = list_filter(&state.keys, &params)?;
+    let mut page = state.store.list_conversations(user, &filter).await?;
+    members_presence(&state, &mut page.conversations);
+    let mut body = json!({
+        "conversations": page.conversations,
+        "next_cursor": page.next.as_ref().map(|c| encode_cursor(&state.keys, c)),
+    });
+    if let Some(total) = page.total {
+        body["total"] = json!(total);
+    }
+    Ok(Json(body))
+}
+
+/// The filter of `GET /v1/conversations` from its query parameters.
+pub(crate) fn list_filter(keys: &Keys, params: &Params) -> ApiResult<ListFilter> {
     let cursor = match params.str("cursor") {
         None | Some("") => None,
         Some(c) => Some(
-            decode_cursor(&state.keys, c)
+            decode_cursor(keys, c)
                 .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from this API"))?,
         ),
     };
@@ -281,16 +300,7 @@ async fn list(
         unread_only: params.bool("unread_only")?,
         include_total: params.bool("include_total")?,
     };
-    let mut page = state.store.list_conversations(user, &filter).await?;
-    members_presence(&state, &mut page.conversations);
-    let mut body = json!({
-        "conversations": page.conversations,
-        "next_cursor": page.next.as_ref().map(|c| encode_cursor(&state.keys, c)),
-    });
-    if let Some(total) = page.total {
-        body["total"] = json!(total);
-    }
-    Ok(Json(body))
+    Ok(filter)
 }
 
 /// `GET /v1/conversations/{id}?messages=N`.
@@ -305,7 +315,7 @@ async fn list(
     params(
         ("id" = String, Path, description = "Conversation id"),
         ("messages" = Option<i64>, Query, minimum = 0, maximum = 200, description = "Also return the newest N messages, default 0"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The conversation as the caller sees it", body = Conversation),
@@ -353,7 +363,7 @@ fn nullable_text(body: &Value, field: &str, max: usize) -> ApiResult<Option<Opti
         `system` message. A server token needs `?as`.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = super::openapi::ConversationPatch,
     responses(
@@ -426,7 +436,7 @@ struct TagsBody {
         server's view.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = TagsBody,
     responses(
@@ -477,7 +487,7 @@ struct MembersBody {
         `last_read_seq` at the conversation's `last_seq`.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = MembersBody,
     responses(
@@ -526,7 +536,7 @@ async fn add_members(
     params(
         ("id" = String, Path, description = "Conversation id"),
         ("user_id" = String, Path, description = "The member to remove (the caller to leave)"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 204, description = "Removed"),
@@ -565,5 +575,21 @@ mod tests {
         assert_eq!(decode_cursor(&keys, "Zm9v"), None);
         // A cursor of the old, unsealed form: refused.
         assert_eq!(decode_cursor(&keys, "MTIzOmFiYw"), None);
+    }
+
+    /// Found by the `conversation_list` fuzz target: a cursor whose id held U+0000 was
+    /// accepted, and PostgreSQL answered the listing with an error (500).
+    #[test]
+    fn cursor_with_nul_is_refused() {
+        let bad = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("53:\u{3}\0");
+        assert_eq!(decode_cursor(&bad), None);
+        let params = Params::from_query(&format!("cursor={bad}")).unwrap();
+        let Err(ApiError::Validation { field, .. }) = list_filter(&params) else {
+            panic!("accepted");
+        };
+        assert_eq!(field.as_deref(), Some("cursor"));
+        crate::fuzzing::conversation_list(
+            b"limit=30&c\0\0\0\0\0\0\0\0L&cursor=MTc6NTMDAwAwMDAwMDE",
+        );
     }
 }

@@ -84,25 +84,50 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
-/// Path parameters. A segment that is not UTF-8 (or not the expected shape) is 400 in the
-/// contract's body, not axum's plain-text rejection.
+/// Path parameters (ids). A parameter that is not UTF-8 or holds U+0000 (which no id has, and
+/// PostgreSQL refuses) is 400 naming it, in the contract's error body.
 pub struct Path<T>(pub T);
 
-impl<T, S> FromRequestParts<S> for Path<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
+        let raw = axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
-            .map(|axum::extract::Path(v)| Path(v))
-            .map_err(|e| ApiError::Validation {
+            .map_err(path_rejection)?;
+        check_path_params(&raw.0)?;
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(path_rejection)?;
+        Ok(Path(value))
+    }
+}
+
+/// Refuses path parameters holding U+0000, naming the first.
+pub fn check_path_params(params: &[(String, String)]) -> ApiResult<()> {
+    match params.iter().find(|(_, v)| v.contains('\0')) {
+        Some((k, _)) => Err(ApiError::invalid(k.as_str(), "must not contain U+0000")),
+        None => Ok(()),
+    }
+}
+
+fn path_rejection(e: axum::extract::rejection::PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    use axum::extract::rejection::PathRejection;
+    match e {
+        PathRejection::FailedToDeserializePathParams(d) => match d.into_kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                ApiError::invalid(key, "must be valid UTF-8 once percent-decoded")
+            }
+            kind => ApiError::Validation {
                 field: None,
-                message: format!("bad path: {}", e.body_text()),
-            })
+                message: kind.to_string(),
+            },
+        },
+        other => {
+            tracing::error!(error = %other, "path parameters on a route without them");
+            ApiError::Internal
+        }
     }
 }
 
@@ -113,24 +138,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let q = parts.uri.query().unwrap_or("");
-        let map: HashMap<String, String> = serde_urlencoded::from_str::<Vec<(String, String)>>(q)
-            .map_err(|_| ApiError::Validation {
-                field: None,
-                message: "malformed query string".into(),
-            })?
-            .into_iter()
-            .collect();
-        for (k, v) in &map {
-            if v.contains('\0') {
-                return Err(ApiError::invalid(k.as_str(), "must not contain U+0000"));
-            }
-        }
-        Ok(Params(map))
+        Params::from_query(parts.uri.query().unwrap_or(""))
     }
 }
 
 impl Params {
+    /// Reads a raw query string (without `?`); a later repeat of a name wins.
+    pub fn from_query(q: &str) -> ApiResult<Params> {
+        let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(q).map_err(|_| {
+            ApiError::Validation {
+                field: None,
+                message: "malformed query string".into(),
+            }
+        })?;
+        // In the query's order, so the refusal names the same parameter every time.
+        if let Some((k, _)) = pairs.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(ApiError::invalid(k.as_str(), "must not contain U+0000"));
+        }
+        Ok(Params(pairs.into_iter().collect()))
+    }
+
     pub fn str(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }
@@ -203,6 +230,14 @@ impl Params {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header, trimmed; `None` for anything else.
+pub fn bearer_token(header: Option<&axum::http::HeaderValue>) -> Option<&str> {
+    header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// The authenticated caller: a user, or the server (optionally acting as a user with `?as=`).
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -249,16 +284,9 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = bearer_token(parts.headers.get(axum::http::header::AUTHORIZATION))
             .ok_or(ApiError::Unauthorized)?;
-        let principal = state
-            .keys
-            .verify(token.trim())
-            .ok_or(ApiError::Unauthorized)?;
+        let principal = state.keys.verify(token).ok_or(ApiError::Unauthorized)?;
         let acting = match &principal {
             Principal::User(sub) => {
                 if check_user_id("sub", sub).is_err() {
@@ -289,5 +317,33 @@ impl FromRequestParts<AppState> for Caller {
             limit.check(u).await?;
         }
         Ok(Caller { principal, acting })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `message_paging` fuzz target: with U+0000 in several parameters, the
+    /// refusal named whichever the hash map listed first, a different one from run to run.
+    #[test]
+    fn nul_refusal_names_the_first_parameter_in_the_query() {
+        for _ in 0..20 {
+            let Err(ApiError::Validation { field, .. }) =
+                Params::from_query("limit=20%00&before_seq=1%00&after_seq=1%00")
+            else {
+                panic!("accepted");
+            };
+            assert_eq!(field.as_deref(), Some("limit"));
+        }
+        crate::fuzzing::message_paging(b"20\x84\x01\0\x01\0\0\xff1\0\xff1\xff2");
+    }
+
+    #[test]
+    fn bearer_header() {
+        let h = |s: &str| axum::http::HeaderValue::from_str(s).unwrap();
+        assert_eq!(bearer_token(Some(&h("Bearer  abc "))), Some("abc"));
+        assert_eq!(bearer_token(Some(&h("Basic abc"))), None);
+        assert_eq!(bearer_token(None), None);
     }
 }

@@ -99,6 +99,7 @@ async fn messenger_sync(
     params(("id" = String, Path, description = "The job id")),
     responses(
         (status = 200, description = "The job", body = Value),
+        (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
         (status = 404, description = "`not_found`", body = super::openapi::Error),
@@ -131,6 +132,7 @@ async fn job(
     params(("id" = String, Path, description = "The job id")),
     responses(
         (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
         (status = 404, description = "`not_found`", body = super::openapi::Error),

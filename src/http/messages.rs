@@ -60,7 +60,7 @@ pub async fn send_message(
         A server token names the sender with `?as` or, as an extension, `user_id` in the body.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = SendInput,
     responses(
@@ -119,7 +119,7 @@ async fn send(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page size, default 50"),
         ("before_seq" = Option<i64>, Query, minimum = 0, description = "Messages just before this seq"),
         ("after_seq" = Option<i64>, Query, minimum = 0, description = "Messages just after this seq"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "One page, oldest first", body = super::openapi::MessagePage),
@@ -139,6 +139,13 @@ async fn page(
     params: Params,
 ) -> ApiResult<Json<Value>> {
     let user = caller.user()?;
+    let (limit, bound) = page_params(&params)?;
+    let (messages, has_more) = state.store.page_messages(user, &id, bound, limit).await?;
+    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+}
+
+/// The page size and bound of `GET /v1/conversations/{id}/messages`.
+pub(crate) fn page_params(params: &Params) -> ApiResult<(u32, PageBound)> {
     let limit = params.int("limit", 1..=200, 50)? as u32;
     let before = params.opt_int("before_seq", 0..=i64::MAX)?;
     let after = params.opt_int("after_seq", 0..=i64::MAX)?;
@@ -153,8 +160,7 @@ async fn page(
         (None, Some(a)) => PageBound::After(a),
         (None, None) => PageBound::Newest,
     };
-    let (messages, has_more) = state.store.page_messages(user, &id, bound, limit).await?;
-    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+    Ok((limit, bound))
 }
 
 /// The body of `POST /v1/conversations/{id}/read`; the body may also be empty.
@@ -199,7 +205,7 @@ pub async fn mark_read(
         nothing. The body may be empty. A server token needs `?as`.",
     params(
         ("id" = String, Path, description = "Conversation id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body(content = Option<ReadBody>, description = "Optional: `{}` or no body means the latest"),
     responses(
@@ -256,7 +262,7 @@ struct EditBody {
         that user).",
     params(
         ("id" = String, Path, description = "Message id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     request_body = EditBody,
     responses(
@@ -310,7 +316,7 @@ async fn edit(
         `deleted_at` set, `text` and `encrypted` null, `attachments` empty.",
     params(
         ("id" = String, Path, description = "Message id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The tombstone", body = Message),
@@ -342,7 +348,7 @@ async fn remove(
     summary = "Unread counts",
     description = "Exact, uncapped counts per conversation (only non-zero ones) and their total. \
         A server token needs `?as`.",
-    params(("as" = Option<String>, Query, description = "With a server token: act as this user"),),
+    params(("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),),
     responses(
         (status = 200, description = "The counts", body = super::openapi::Unread),
         (status = 400, description = "`validation_failed`: `as` missing with a server token", body = Error),

@@ -1,9 +1,9 @@
 //! The HTTP edge: one router per resource merged into one, the shared state, and the layers
 //! every request passes (tracing, metrics, body limit, rate limit, compression).
 
-mod conversations;
+pub(crate) mod conversations;
 pub mod error;
-mod extract;
+pub(crate) mod extract;
 mod import;
 mod jobs;
 pub mod limit;

@@ -34,7 +34,8 @@ secret (`CONFAB_JWT_SECRET`).
 ## Errors
 
 Every non-2xx response has the body `{"error": {"code", "message", "field"?}}` (schema `Error`);
-`field` names the offending input as a path (`users[3].id`, `limit`). Besides the statuses each
+`field` names the offending input as a path (`users[3].id`, `limit`). A path parameter that
+holds U+0000 or is not UTF-8 once percent-decoded is `400` naming it (`id`). Besides the statuses each
 operation lists, any request may get `404 not_found` (unknown path), `405 method_not_allowed`
 (known path, other method), `413 payload_too_large` (a body over 1 MiB, refused before parsing),
 `429 rate_limited` (with `Retry-After`) and `500 internal` (a bug).

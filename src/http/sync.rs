@@ -81,7 +81,7 @@ pub fn event(keys: &Keys, database_id: &str, c: &Change) -> Value {
     params(
         ("since" = Option<String>, Query, description = "A `next_token` or an event's `token`"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many events, default 500"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The changes since the token", body = super::openapi::SyncPage),

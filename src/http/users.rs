@@ -128,7 +128,7 @@ async fn upsert(
     summary = "Get one user, with presence",
     params(
         ("id" = String, Path, description = "User id"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The user", body = User),
@@ -166,7 +166,7 @@ async fn get_one(
         (an extension: the contract does not list all users).",
     params(
         ("ids" = String, Query, description = "Comma-separated user ids, at most 1000", example = "u_1,u_2"),
-        ("as" = Option<String>, Query, description = "With a server token: act as this user"),
+        ("as" = Option<String>, Query, pattern = "^[A-Za-z0-9_.@:-]{1,128}$", description = "With a server token: act as this user"),
     ),
     responses(
         (status = 200, description = "The users found", body = super::openapi::UserList),

@@ -87,6 +87,7 @@ async fn list(
     params(("id" = String, Path, description = "The delivery's webhook-id")),
     responses(
         (status = 202, description = "The delivery, pending again", body = Value),
+        (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
         (status = 404, description = "`not_found`", body = super::openapi::Error),

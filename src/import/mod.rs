@@ -224,7 +224,7 @@ async fn finish(
 
 /// Splits a byte stream into lines without holding more than one partial line.
 #[derive(Default)]
-struct LineSplitter {
+pub(crate) struct LineSplitter {
     buf: Vec<u8>,
     /// Skipping the rest of a line that was too long.
     skipping: bool,
@@ -232,7 +232,7 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
-    fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -241,7 +241,7 @@ impl LineSplitter {
     }
 
     /// The next complete line (at the end, the last one even without a newline).
-    fn next_line(&mut self, end: bool) -> Option<Result<Vec<u8>, String>> {
+    pub(crate) fn next_line(&mut self, end: bool) -> Option<Result<Vec<u8>, String>> {
         let rest = &self.buf[self.start..];
         match rest.iter().position(|b| *b == b'\n') {
             Some(i) => {
@@ -273,7 +273,7 @@ impl LineSplitter {
     }
 }
 
-enum Record {
+pub(crate) enum Record {
     User(usize, UserInput),
     Conversation(ImportConversation),
     Message(ImportMessage),
@@ -410,7 +410,7 @@ fn fast_message(line: usize, bytes: &[u8]) -> Option<ImportMessage> {
     })
 }
 
-fn parse_record(line: usize, bytes: &[u8]) -> Result<Record, Invalid> {
+pub(crate) fn parse_record(line: usize, bytes: &[u8]) -> Result<Record, Invalid> {
     if let Some(m) = fast_message(line, bytes) {
         return Ok(Record::Message(m));
     }

@@ -642,6 +642,7 @@ async fn admit(socket: &SocketRef, hub: &Hub) -> Result<String, ApiError> {
     Ok(user)
 }
 
+/// Decodes a client event's payload as the REST body of the same shape would be.
 fn payload<T: serde::de::DeserializeOwned>(
     data: Result<Value, impl std::fmt::Display>,
 ) -> Result<T, ApiError> {
@@ -660,18 +661,27 @@ async fn on_send(
 ) {
     let result = async {
         let user = admit(&socket, &hub).await?;
-        let input: SendInput = payload(data)?;
-        let conversation = input
-            .conversation_id
-            .clone()
-            .ok_or_else(|| ApiError::invalid("conversation_id", "is required"))?;
-        if input.user_id.is_some() {
-            return Err(ApiError::invalid("user_id", "unknown field"));
-        }
+        let (conversation, input) = send_payload(data)?;
         crate::http::messages::send_message(&hub.state, conversation, user, input).await
     }
     .await;
     answer(ack, result.map(|(message, _)| json!({"message": message})));
+}
+
+/// The conversation and body of a `message.send` payload (validated later, by the send).
+pub(crate) fn send_payload(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, SendInput), ApiError> {
+    let input: SendInput = payload(data)?;
+    let conversation = input
+        .conversation_id
+        .clone()
+        .ok_or_else(|| ApiError::invalid("conversation_id", "is required"))?;
+    if input.user_id.is_some() {
+        return Err(ApiError::invalid("user_id", "unknown field"));
+    }
+    no_nul_id(&conversation)?;
+    Ok((conversation, input))
 }
 
 #[derive(Deserialize)]
@@ -679,6 +689,18 @@ async fn on_send(
 struct ReadPayload {
     conversation_id: String,
     seq: Option<i64>,
+}
+
+/// The conversation and seq of a `read` payload.
+pub(crate) fn read_payload(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, Option<i64>), ApiError> {
+    let p: ReadPayload = payload(data)?;
+    no_nul_id(&p.conversation_id)?;
+    if p.seq.is_some_and(|s| s < 0) {
+        return Err(ApiError::invalid("seq", "must be an integer ≥ 0"));
+    }
+    Ok((p.conversation_id, p.seq))
 }
 
 async fn on_read(
@@ -689,8 +711,8 @@ async fn on_read(
 ) {
     let result = async {
         let user = admit(&socket, &hub).await?;
-        let p: ReadPayload = payload(data)?;
-        crate::http::messages::mark_read(&hub.state, p.conversation_id, user, p.seq).await
+        let (conversation, seq) = read_payload(data)?;
+        crate::http::messages::mark_read(&hub.state, conversation, user, seq).await
     }
     .await;
     answer(ack, result.map(|seq| json!({"last_read_seq": seq})));
@@ -703,6 +725,22 @@ struct TypingPayload {
     typing: bool,
 }
 
+/// The conversation and state of a `typing` payload.
+pub(crate) fn typing_payload(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<(String, bool), ApiError> {
+    let p: TypingPayload = payload(data)?;
+    no_nul_id(&p.conversation_id)?;
+    Ok((p.conversation_id, p.typing))
+}
+
+/// A `conversation_id` with U+0000 is refused like any such string (PostgreSQL refuses it:
+/// the send or read failed as `unavailable`).
+fn no_nul_id(conversation_id: &str) -> Result<(), ApiError> {
+    crate::domain::check_string("conversation_id", conversation_id, usize::MAX)?;
+    Ok(())
+}
+
 async fn on_typing(
     socket: SocketRef,
     io: SocketIo,
@@ -712,27 +750,56 @@ async fn on_typing(
 ) {
     let result = async {
         let user = admit(&socket, &hub).await?;
-        let p: TypingPayload = payload(data)?;
+        let p = typing_payload(data)?;
         // Membership is the socket's room: no database round trip for an ephemeral event.
-        if !socket
-            .rooms()
-            .iter()
-            .any(|r| *r == format!("c:{}", p.conversation_id))
-        {
+        if !socket.rooms().iter().any(|r| *r == format!("c:{}", p.0)) {
             return Err(ApiError::NotFound);
         }
         Ok((user, p))
     }
     .await;
     let result = result.map(|(user, p)| {
-        hub.deliver_typing(&io, &p.conversation_id, &user, p.typing);
+        let (conversation_id, typing) = p;
+        hub.deliver_typing(&io, &conversation_id, &user, typing);
         hub.publish(Envelope::Typing {
             node: hub.node.clone(),
-            conversation_id: p.conversation_id,
+            conversation_id,
             user_id: user,
-            typing: p.typing,
+            typing,
         });
         json!({})
     });
     answer(ack, result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `socket_event` fuzz target: a `conversation_id` holding U+0000 passed
+    /// decoding and failed in the database (acknowledged `unavailable` on PostgreSQL).
+    #[test]
+    fn conversation_id_with_nul_is_refused() {
+        let ok: Result<Value, &str> = Ok(json!({"conversation_id": "c\0", "seq": 1}));
+        let field = |r: Result<(), ApiError>| match r {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(read_payload(ok).map(|_| ())).as_deref(),
+            Some("conversation_id")
+        );
+        let send: Result<Value, &str> =
+            Ok(json!({"conversation_id": "\0c", "client_id": "x", "text": "hi"}));
+        assert_eq!(
+            field(send_payload(send).map(|_| ())).as_deref(),
+            Some("conversation_id")
+        );
+        let typing: Result<Value, &str> = Ok(json!({"conversation_id": "\0", "typing": true}));
+        assert_eq!(
+            field(typing_payload(typing).map(|_| ())).as_deref(),
+            Some("conversation_id")
+        );
+        assert!(read_payload(Ok::<_, &str>(json!({"conversation_id": "c", "seq": 2}))).is_ok());
+    }
 }

@@ -12,7 +12,8 @@ both!(
     errors_everywhere,
     compression,
     ops_endpoints,
-    server_and_as
+    server_and_as,
+    nul_and_bad_utf8_in_ids
 );
 
 fn b64(v: &serde_json::Value) -> String {
@@ -348,4 +349,78 @@ async fn slow_database_answers_503_and_writes_nothing() {
     )
     .await
     .expect(201);
+}
+
+/// Found by Schemathesis (and the `conversation_list` fuzz target for the cursor): U+0000 in a
+/// path id or inside a cursor reached PostgreSQL, which refuses it: 500 (503 on a send).
+/// Percent-encoded bytes that are not UTF-8 got axum's plain-text 400. Both are now 400
+/// `validation_failed` naming the parameter, on both backends.
+async fn nul_and_bad_utf8_in_ids(db: Db) {
+    let app = spawn_app(db).await;
+    let a = app.user("ann");
+    let s = app.server();
+    let c = app.conversation("ann", "group", &["bob"]).await;
+    let cases: Vec<(Method, String, &str, &str)> = vec![
+        (Method::GET, "/v1/conversations/a%00b".into(), &a, "id"),
+        (
+            Method::GET,
+            "/v1/conversations/a%00b/messages".into(),
+            &a,
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/conversations/a%00b/read".into(),
+            &a,
+            "id",
+        ),
+        (Method::PATCH, "/v1/messages/a%00b".into(), &a, "id"),
+        (Method::DELETE, "/v1/messages/a%00b".into(), &a, "id"),
+        (Method::GET, "/v1/users/a%00b".into(), &a, "id"),
+        (Method::GET, "/v1/jobs/a%00b".into(), &s, "id"),
+        (Method::GET, "/v1/jobs/a%00b/events".into(), &s, "id"),
+        (
+            Method::POST,
+            "/v1/webhooks/deliveries/a%00b/retry".into(),
+            &s,
+            "id",
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/conversations/{c}/members/b%00"),
+            &a,
+            "user_id",
+        ),
+        (Method::GET, "/v1/conversations/%FF%FE".into(), &a, "id"),
+    ];
+    for (method, path, token, field) in cases {
+        let body = (method == Method::PATCH).then(|| json!({"text": "x"}));
+        let res = app.raw(method.clone(), &path, Some(token), body).await;
+        assert_eq!(
+            res.error(400, "validation_failed").as_deref(),
+            Some(field),
+            "{method} {path}"
+        );
+    }
+    let res = app
+        .post(
+            "/v1/conversations/a%00b/messages",
+            &a,
+            json!({"client_id": "c1", "text": "hi"}),
+        )
+        .await;
+    assert_eq!(res.error(400, "validation_failed").as_deref(), Some("id"));
+    // A cursor whose id holds U+0000 is not one this API made.
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("123:a\0b");
+    let res = app
+        .get(&format!("/v1/conversations?cursor={cursor}"), &a)
+        .await;
+    assert_eq!(
+        res.error(400, "validation_failed").as_deref(),
+        Some("cursor")
+    );
+    // Nothing was written, and the server still answers.
+    app.get(&format!("/v1/conversations/{c}"), &a)
+        .await
+        .expect(200);
 }
