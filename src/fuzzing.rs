@@ -492,14 +492,17 @@ mod tests {
     /// Every target on a few inputs each: the contracts hold on the ordinary cases.
     #[test]
     fn contracts_hold_on_ordinary_inputs() {
-        let cursor = crate::http::conversations::encode_cursor(&(1_795_000_000_123, "c1".into()));
+        let cursor = crate::http::conversations::encode_cursor(
+            &fuzz_keys(),
+            &(1_795_000_000_123, "c1".into()),
+        );
         conversation_list(cursor.as_bytes());
         conversation_list(format!("limit=5&cursor={cursor}&tags=a,b&q=x").as_bytes());
         conversation_list(b"limit=0&type=nope");
         message_paging(b"50\xff3");
         message_paging(b"limit=5&before_seq=3");
         message_paging(b"x\xff-1\xff2");
-        sync_token(crate::http::sync::encode_token("db", 7).as_bytes());
+        sync_token(crate::http::sync::encode_token(&fuzz_keys(), "db", 7).as_bytes());
         sync_token(b"\x07\0\0\0\0\0\0\0db");
         import_line(br#"{"record":"user","id":"u1","name":"A"}"#);
         import_line(br#"{"record":"conversation","external_id":"c","type":"direct","member_ids":["a","b"]}"#);
