@@ -32,12 +32,11 @@ type Acked = Arc<Mutex<HashMap<String, (String, i64)>>>;
 /// whatever the failure (connection refused or reset while the server is down, 503).
 /// Returns how many retries answered with the original message (`created: false`, 200).
 async fn send_until_acked(
-    base: Arc<std::sync::Mutex<String>>,
+    base: String,
     user: String,
     conversation: String,
     client_ids: Vec<String>,
     acked: Acked,
-    stop: Arc<AtomicBool>,
 ) -> usize {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -49,14 +48,8 @@ async fn send_until_acked(
     for cid in client_ids {
         let mut attempts = 0;
         loop {
-            if stop.load(Ordering::Relaxed) {
-                return replays;
-            }
             attempts += 1;
-            let url = format!(
-                "{}/v1/conversations/{conversation}/messages",
-                base.lock().unwrap()
-            );
+            let url = format!("{base}/v1/conversations/{conversation}/messages");
             let res = client
                 .post(url)
                 .header("authorization", &auth)
@@ -95,6 +88,37 @@ async fn send_until_acked(
         }
     }
     replays
+}
+
+/// `clients` users `{prefix}0..` in one group conversation, each sending `per_client`
+/// messages through `send_until_acked`. Returns the conversation, what is acknowledged so far,
+/// and the clients (each answering its count of replays).
+async fn start_senders(
+    app: &crate::helpers::TestApp,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+) -> (String, Acked, Vec<tokio::task::JoinHandle<usize>>) {
+    let users: Vec<String> = (0..clients).map(|i| format!("{prefix}{i}")).collect();
+    let pairs: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), u.as_str())).collect();
+    app.users(&pairs).await;
+    let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
+    let conversation = app.conversation(&users[0], "group", &others).await;
+    let acked: Acked = Arc::default();
+    let tasks = users
+        .iter()
+        .map(|u| {
+            let ids = (0..per_client).map(|k| format!("{u}-{k}")).collect();
+            tokio::spawn(send_until_acked(
+                app.base.clone(),
+                u.clone(),
+                conversation.clone(),
+                ids,
+                acked.clone(),
+            ))
+        })
+        .collect();
+    (conversation, acked, tasks)
 }
 
 /// Every message of a conversation, oldest first, read through the API.
@@ -166,29 +190,7 @@ async fn acknowledged_sends_survive_kill_9(db: Db) {
     let port = free_port();
     let mut node = Process::start_on(port, &url, &[]).await;
     let app = node.app(db, &url).await;
-    let users: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
-    let pairs: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), u.as_str())).collect();
-    app.users(&pairs).await;
-    let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
-    let conversation = app.conversation("c0", "group", &others).await;
-
-    let base = Arc::new(std::sync::Mutex::new(node.base.clone()));
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = users
-        .iter()
-        .map(|u| {
-            let ids = (0..625).map(|k| format!("{u}-{k}")).collect();
-            tokio::spawn(send_until_acked(
-                base.clone(),
-                u.clone(),
-                conversation.clone(),
-                ids,
-                acked.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let (conversation, acked, clients) = start_senders(&app, "c", 8, 625).await;
 
     let deadline = Instant::now() + Duration::from_secs(240);
     for threshold in [1000, 2200, 3400] {
@@ -216,7 +218,7 @@ async fn acknowledged_sends_survive_kill_9(db: Db) {
     // crashes (a send committed, its answer lost) are counted; and every client repeats a few
     // acknowledged sends now.
     let client = reqwest::Client::new();
-    for u in &users {
+    for u in (0..8).map(|i| format!("c{i}")) {
         for k in [0, 311, 624] {
             let cid = format!("{u}-{k}");
             let r = client
@@ -224,7 +226,7 @@ async fn acknowledged_sends_survive_kill_9(db: Db) {
                     "{}/v1/conversations/{conversation}/messages",
                     node.base
                 ))
-                .bearer_auth(token(u))
+                .bearer_auth(token(&u))
                 .json(&json!({"client_id": cid, "text": "a different text"}))
                 .send()
                 .await
@@ -458,30 +460,7 @@ async fn postgres_outage_fails_fast_and_loses_nothing() {
     let url = pg.url();
     let node = Process::start(&url, &[("CONFAB_DB_TIMEOUT", "2s")]).await;
     let app = node.app(Db::Postgres, &url).await;
-    let users: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
-    let pairs: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), u.as_str())).collect();
-    app.users(&pairs).await;
-    let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
-    let conversation = app.conversation("w0", "group", &others).await;
-    drop(app); // its own pool would outlive the crash for nothing
-
-    let base = Arc::new(std::sync::Mutex::new(node.base.clone()));
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = users
-        .iter()
-        .map(|u| {
-            let ids = (0..400).map(|k| format!("{u}-{k}")).collect();
-            tokio::spawn(send_until_acked(
-                base.clone(),
-                u.clone(),
-                conversation.clone(),
-                ids,
-                acked.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let (conversation, acked, clients) = start_senders(&app, "w", 4, 400).await;
     while acked.lock().await.len() < 300 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
