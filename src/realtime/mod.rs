@@ -47,10 +47,6 @@ struct SocketUser(String);
 #[derive(Clone, Copy)]
 struct SocketExpiry(u64);
 
-/// The conversation rooms a socket joins when it connects (a socket extension).
-#[derive(Clone)]
-struct SocketRooms(Arc<Vec<String>>);
-
 /// Shared by every socket handler and by the delivery tasks.
 ///
 /// The hub does not hold the `SocketIo` handle (which holds the hub as its state): delivery
@@ -547,17 +543,22 @@ async fn authenticate(
         Ok(UserState::Active) => {}
         _ => return Err("unauthorized"),
     }
-    // Loaded here, before the socket counts as connected, so that `on_connect` can join the
-    // rooms and register the event handlers without waiting: a client may emit as soon as it
-    // sees `connect`.
-    let rooms = match hub.state.store.conversation_ids_of(&user).await {
+    // Loaded here, before the socket counts as connected.
+    let rooms: Vec<String> = match hub.state.store.conversation_ids_of(&user).await {
         Ok(ids) => ids.into_iter().map(|c| format!("c:{c}")).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "could not load the socket's conversations");
             return Err("unavailable");
         }
     };
-    socket.extensions.insert(SocketRooms(Arc::new(rooms)));
+    // The event handlers and rooms are set here, before the connect packet goes out:
+    // socketioxide sends it before it spawns `on_connect`, and a client may emit (or an event
+    // may be due to it) as soon as it sees `connect`.
+    socket.on("message.send", on_send);
+    socket.on("read", on_read);
+    socket.on("typing", on_typing);
+    socket.join(format!("u:{user}"));
+    socket.join(rooms);
     socket.extensions.insert(SocketExpiry(exp));
     socket.extensions.insert(SocketUser(user));
     Ok(())
@@ -567,14 +568,7 @@ async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
     let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() else {
         return;
     };
-    socket.on("message.send", on_send);
-    socket.on("read", on_read);
-    socket.on("typing", on_typing);
     socket.on_disconnect(on_disconnect);
-    socket.join(format!("u:{user}"));
-    if let Some(SocketRooms(rooms)) = socket.extensions.get::<SocketRooms>() {
-        socket.join(rooms.to_vec());
-    }
     // The rooms loaded in the handshake may miss a membership change committed since; the
     // delivery task sets them again, in order with the changes it delivers.
     let _ = hub.inbound.send(Inbound::Rooms(socket.clone())).await;
