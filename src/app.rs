@@ -124,11 +124,9 @@ impl Application {
             // shutdown until its poll ends.
             io.close().await;
             // Let the transports' close frames go out before the process ends.
-            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-            while hub.upgrade().is_some_and(|h| h.live_sockets() > 0)
-                && tokio::time::Instant::now() < until
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if let Some(hub) = hub.upgrade() {
+                let gone = hub.all_sockets_gone();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), gone).await;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };

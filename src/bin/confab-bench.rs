@@ -388,38 +388,10 @@ async fn seed(a: SeedArgs) -> anyhow::Result<()> {
     if !status.is_success() {
         bail!("{status}: {}", res.text().await.unwrap_or_default());
     }
-    let mut stream = res.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut summary: Option<Value> = None;
-    let mut bad_lines = 0u64;
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk?);
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            if v.get("done").and_then(Value::as_bool) == Some(true) {
-                summary = Some(v);
-            } else if v.get("line").is_some() {
-                bad_lines += 1;
-                if bad_lines <= 10 {
-                    eprintln!("line {}: {}", v["line"], v["error"]);
-                }
-            } else if let Some(p) = v.get("progress") {
-                eprint!(
-                    "\rimported users {} conversations {} messages {} errors {}   ",
-                    p["users"], p["conversations"], p["messages"], p["errors"]
-                );
-            }
-        }
-    }
-    eprintln!();
+    let summary = read_import_progress(res, true).await;
     generator.await??;
     let elapsed = started.elapsed().as_secs_f64();
-    let Some(summary) = summary else {
-        bail!("the import response ended without a summary line");
-    };
+    let summary = summary?;
     let records = ["users", "conversations", "messages"]
         .iter()
         .map(|k| summary[k].as_u64().unwrap_or(0))
@@ -1516,10 +1488,19 @@ async fn import_http(file: &std::path::Path, url: &str, token: &str) -> anyhow::
     if !status.is_success() {
         bail!("{status}: {}", res.text().await.unwrap_or_default());
     }
+    read_import_progress(res, false).await
+}
+
+/// Reads the NDJSON progress stream of POST /v1/import: prints the first bad lines (and the
+/// progress when `show_progress`), and returns the summary line.
+async fn read_import_progress(
+    res: reqwest::Response,
+    show_progress: bool,
+) -> anyhow::Result<Value> {
     let mut stream = res.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut summary = None;
-    let mut bad = 0;
+    let mut bad_lines = 0u64;
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk?);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
@@ -1530,12 +1511,20 @@ async fn import_http(file: &std::path::Path, url: &str, token: &str) -> anyhow::
             if v.get("done").and_then(Value::as_bool) == Some(true) {
                 summary = Some(v);
             } else if v.get("line").is_some() {
-                bad += 1;
-                if bad <= 10 {
+                bad_lines += 1;
+                if bad_lines <= 10 {
                     eprintln!("line {}: {}", v["line"], v["error"]);
                 }
+            } else if let (true, Some(p)) = (show_progress, v.get("progress")) {
+                eprint!(
+                    "\rimported users {} conversations {} messages {} errors {}   ",
+                    p["users"], p["conversations"], p["messages"], p["errors"]
+                );
             }
         }
+    }
+    if show_progress {
+        eprintln!();
     }
     summary.context("the import response ended without a summary line")
 }

@@ -63,6 +63,8 @@ pub struct Hub {
     inbound: tokio::sync::mpsc::Sender<Inbound>,
     /// Sockets connected to this node.
     live: std::sync::atomic::AtomicUsize,
+    /// Woken when the last live socket disconnects.
+    none_live: tokio::sync::Notify,
 }
 
 /// What the in-order delivery task handles.
@@ -84,6 +86,7 @@ pub async fn start(state: AppState) -> anyhow::Result<(SocketIoLayer, SocketIo, 
     let hub = Arc::new(Hub {
         inbound,
         live: Default::default(),
+        none_live: Default::default(),
         limiter: state.config.socket_rate_limit.map(RateLimiter::new),
         node: uuid::Uuid::now_v7().to_string(),
         bridge: OnceLock::new(),
@@ -142,6 +145,20 @@ impl Hub {
     /// Sockets connected to this node now.
     pub fn live_sockets(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once no socket is connected to this node.
+    pub async fn all_sockets_gone(&self) {
+        loop {
+            let woken = self.none_live.notified();
+            tokio::pin!(woken);
+            // Registered before the count is read, so a last disconnect in between still wakes.
+            woken.as_mut().enable();
+            if self.live_sockets() == 0 {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Whether cross-node delivery works (`None`: single node, no Redis configured).
@@ -579,7 +596,9 @@ async fn on_connect(socket: SocketRef, State(hub): State<Arc<Hub>>) {
 
 async fn on_disconnect(socket: SocketRef, State(hub): State<Arc<Hub>>, _reason: DisconnectReason) {
     metrics::gauge!("confab_realtime_sockets").decrement(1.0);
-    hub.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    if hub.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+        hub.none_live.notify_waiters();
+    }
     if let Some(SocketUser(user)) = socket.extensions.get::<SocketUser>() {
         hub.state.presence.disconnected(&user);
     }

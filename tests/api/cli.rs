@@ -1,16 +1,6 @@
 //! The `confab` binary: token and migrate commands, and refusal of bad configuration.
 
-use std::process::Command;
-
-use crate::helpers::{Db, fresh_database, spawn_app_with, test_config};
-
-fn confab(url: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_confab"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CONFAB_DATABASE_URL", url);
-    c
-}
+use crate::helpers::{Db, confab_command as confab, fresh_database, spawn_app_with, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_command_uses_the_secret_kept_in_the_database() {

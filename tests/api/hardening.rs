@@ -12,8 +12,8 @@ use tokio::sync::Mutex;
 
 use crate::both;
 use crate::helpers::{
-    Db, PrivatePg, Process, Redis, SECRET, exec_sql, free_port, fresh_database, pg_admin_url,
-    test_config,
+    Db, PrivatePg, Process, Redis, SECRET, confab_command, exec_sql, free_port, fresh_database,
+    pg_admin_url, test_config,
 };
 use crate::sio::SioClient;
 
@@ -268,9 +268,8 @@ async fn unsafe_durability_is_refused_without_the_flag() {
     // SQLite below synchronous=FULL, through the command line.
     let sqlite = fresh_database(Db::Sqlite).await;
     let run = |flag: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
+        let mut cmd = confab_command(&sqlite);
         cmd.arg("migrate")
-            .env("CONFAB_DATABASE_URL", &sqlite)
             .env("CONFAB_SQLITE_SYNCHRONOUS", "normal");
         if flag {
             cmd.arg("--allow-unsafe-durability");
@@ -283,11 +282,7 @@ async fn unsafe_durability_is_refused_without_the_flag() {
     assert!(stderr.contains("SQLite synchronous=normal"), "{stderr}");
     assert!(run(true).status.success());
     // The default (FULL) needs no flag.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .arg("migrate")
-        .env("CONFAB_DATABASE_URL", &sqlite)
-        .output()
-        .unwrap();
+    let out = confab_command(&sqlite).arg("migrate").output().unwrap();
     assert!(
         out.status.success(),
         "{}",

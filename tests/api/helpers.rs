@@ -303,6 +303,15 @@ impl Drop for Redis {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// The `confab` binary with a clean environment (only `PATH`) and `CONFAB_DATABASE_URL`.
+pub fn confab_command(url: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CONFAB_DATABASE_URL", url);
+    c
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
