@@ -714,64 +714,6 @@ macro_rules! sql_store {
                 Ok((message, change))
             }
 
-            async fn send_in_tx(
-                &self,
-                tx: &mut Tx,
-                conversation_id: &str,
-                sender: &str,
-                input: &SendInput,
-                pending: &mut Vec<PendingChange>,
-            ) -> StoreResult<WriteOutcome> {
-                let actor = Actor::User(sender.to_owned());
-                let mut conv = self.lock_conversation(tx, conversation_id, &actor).await?;
-                // Checked under the conversation's lock: a racing retry that got here first
-                // has committed, and this statement sees it.
-                self.tick(1);
-                let sql = format!(
-                    "select {MSG_COLS} from messages m \
-                     where m.conversation_id = $1 and m.sender_id = $2 and m.client_id = $3"
-                );
-                if let Some(row) = sqlx::query(AssertSqlSafe(sql))
-                    .bind(conversation_id)
-                    .bind(sender)
-                    .bind(input.client_id.as_deref())
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(db_error)?
-                {
-                    let message = message_from(&row).map_err(db_error)?;
-                    return Ok(WriteOutcome::Sent {
-                        message: Box::new(message),
-                        created: false,
-                    });
-                }
-                if let Some(parent) = &input.parent_id {
-                    self.tick(1);
-                    let found: Option<i64> = sqlx::query_scalar(
-                        "select seq from messages where message_id = $1 and conversation_id = $2",
-                    )
-                    .bind(parent)
-                    .bind(conversation_id)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(db_error)?;
-                    if found.is_none() {
-                        return Err(StoreError::Invalid {
-                            field: "parent_id",
-                            message: "is not a message of this conversation".into(),
-                        });
-                    }
-                }
-                let (message, change) = self
-                    .append(tx, &mut conv, NewMessage::regular(sender, input), Some(sender))
-                    .await?;
-                pending.push(change);
-                Ok(WriteOutcome::Sent {
-                    message: Box::new(message),
-                    created: true,
-                })
-            }
-
             async fn read_in_tx(
                 &self,
                 tx: &mut Tx,
@@ -1835,26 +1777,269 @@ macro_rules! sql_store {
                 Ok(Committed { value: (), changes })
             }
 
+            /// One transaction for the whole batch, with a fixed number of statements for its
+            /// sends whatever their number: lock the conversations and read the memberships,
+            /// look up `client_id` replays and parents, insert the messages, move the
+            /// conversations' last-message fields and the senders' read positions. Sends take
+            /// their seqs in arrival order; read marks run after the sends, one at a time.
             async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult> {
-                // Conversations are locked in id order, so two nodes' batches cannot deadlock;
-                // ops of one conversation keep their arrival order (stable sort).
-                let mut order: Vec<usize> = (0..ops.len()).collect();
-                order.sort_by(|&a, &b| op_conversation(&ops[a]).cmp(op_conversation(&ops[b])));
+                type Key = (String, String, String);
                 let mut tx = self.begin().await?;
-                let mut pending = Vec::new();
+
+                // Every (conversation, user) named, in conversation id order: the
+                // conversations are locked in that order, so two nodes' batches cannot deadlock.
+                let mut pairs: Vec<(&str, &str)> = ops
+                    .iter()
+                    .map(|op| match op {
+                        WriteOp::Send { conversation_id, sender_id, .. } => {
+                            (conversation_id.as_str(), sender_id.as_str())
+                        }
+                        WriteOp::Read { conversation_id, user_id, .. } => {
+                            (conversation_id.as_str(), user_id.as_str())
+                        }
+                    })
+                    .collect();
+                pairs.sort_unstable();
+                pairs.dedup();
+                // conversation -> (last_seq, last_message_at, last_message_id if moved)
+                let mut convs: HashMap<String, (i64, Option<i64>, Option<String>)> = HashMap::new();
+                let mut members: std::collections::HashSet<(String, String)> = Default::default();
+                for chunk in pairs.chunks(400) {
+                    self.tick(1);
+                    let sql = format!(
+                        "with v(cid, uid) as (values {}) \
+                         select c.conversation_id, c.last_seq, c.last_message_at, mb.user_id \
+                         from v join members mb on mb.conversation_id = v.cid and mb.user_id = v.uid \
+                         join conversations c on c.conversation_id = mb.conversation_id \
+                         order by c.conversation_id {}",
+                        tuples(1, chunk.len(), 2),
+                        $lock
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, u) in chunk {
+                        q = q.bind(*c).bind(*u);
+                    }
+                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
+                        let id: String = r.try_get(0).map_err(db_error)?;
+                        let last_seq: i64 = r.try_get(1).map_err(db_error)?;
+                        let last_at: Option<i64> = r.try_get(2).map_err(db_error)?;
+                        members.insert((id.clone(), r.try_get(3).map_err(db_error)?));
+                        convs.insert(id, (last_seq, last_at, None));
+                    }
+                }
+
+                // Replays of sends already stored, and the conversations of named parents;
+                // checked under the conversations' locks, so a racing retry that committed
+                // first is seen.
+                let sends: Vec<(usize, &str, &str, &SendInput)> = ops
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, op)| match op {
+                        WriteOp::Send { conversation_id, sender_id, input }
+                            if members.contains(&(conversation_id.clone(), sender_id.clone())) =>
+                        {
+                            Some((i, conversation_id.as_str(), sender_id.as_str(), &**input))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let keyed: Vec<(&str, &str, &str)> = sends
+                    .iter()
+                    .filter_map(|(_, c, u, input)| input.client_id.as_deref().map(|k| (*c, *u, k)))
+                    .collect();
+                let mut stored: HashMap<Key, Message> = HashMap::new();
+                for chunk in keyed.chunks(300) {
+                    self.tick(1);
+                    let sql = format!(
+                        "with v(cid, uid, k) as (values {}) select {MSG_COLS} from v \
+                         join messages m on m.conversation_id = v.cid and m.sender_id = v.uid \
+                         and m.client_id = v.k",
+                        tuples(1, chunk.len(), 3)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, u, k) in chunk {
+                        q = q.bind(*c).bind(*u).bind(*k);
+                    }
+                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
+                        let m = message_from(&r).map_err(db_error)?;
+                        let key = (
+                            m.conversation_id.clone(),
+                            m.sender_id.clone().unwrap_or_default(),
+                            m.client_id.clone().unwrap_or_default(),
+                        );
+                        stored.insert(key, m);
+                    }
+                }
+                let parent_ids: Vec<&str> =
+                    sends.iter().filter_map(|s| s.3.parent_id.as_deref()).collect();
+                let mut parents: HashMap<String, String> = HashMap::new();
+                for chunk in parent_ids.chunks(500) {
+                    self.tick(1);
+                    let sql = format!(
+                        "select message_id, conversation_id from messages where message_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
+                        parents.insert(r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?);
+                    }
+                }
+
+                // The sends, in arrival order.
                 let mut outcomes: Vec<Option<StoreResult<WriteOutcome>>> =
                     (0..ops.len()).map(|_| None).collect();
-                for i in order {
-                    let outcome = match &ops[i] {
-                        WriteOp::Send { conversation_id, sender_id, input } => {
-                            self.send_in_tx(&mut tx, conversation_id, sender_id, input, &mut pending)
-                                .await
+                let mut pending = Vec::new();
+                let mut rows: Vec<(Message, NewMessage<'_>)> = Vec::new();
+                let mut created: HashMap<Key, usize> = HashMap::new();
+                let mut read_to: HashMap<(&str, &str), i64> = HashMap::new();
+                let batch_now = now();
+                for (i, op) in ops.iter().enumerate() {
+                    if let WriteOp::Send { .. } = op {
+                        outcomes[i] = Some(Err(StoreError::NotFound));
+                    }
+                }
+                for &(i, cid, sender, input) in &sends {
+                    let key = input
+                        .client_id
+                        .as_deref()
+                        .map(|k| (cid.to_owned(), sender.to_owned(), k.to_owned()));
+                    if let Some(key) = &key {
+                        let replay = stored
+                            .get(key)
+                            .cloned()
+                            .or_else(|| created.get(key).map(|&j| rows[j].0.clone()));
+                        if let Some(message) = replay {
+                            outcomes[i] = Some(Ok(WriteOutcome::Sent {
+                                message: Box::new(message),
+                                created: false,
+                            }));
+                            continue;
                         }
-                        WriteOp::Read { conversation_id, user_id, seq } => {
-                            self.read_in_tx(&mut tx, conversation_id, user_id, *seq, &mut pending)
-                                .await
-                        }
+                    }
+                    if let Some(parent) = &input.parent_id
+                        && parents.get(parent).map(String::as_str) != Some(cid)
+                    {
+                        outcomes[i] = Some(Err(StoreError::Invalid {
+                            field: "parent_id",
+                            message: "is not a message of this conversation".into(),
+                        }));
+                        continue;
+                    }
+                    let conv = convs.get_mut(cid).expect("a member's conversation is locked");
+                    let t = batch_now.max(conv.1.unwrap_or(0));
+                    let seq = conv.0 + 1;
+                    let m = NewMessage::regular(sender, input);
+                    let message = Message {
+                        id: new_id(),
+                        conversation_id: cid.to_owned(),
+                        seq,
+                        sender_id: Some(sender.to_owned()),
+                        client_id: input.client_id.clone(),
+                        kind: m.kind.to_owned(),
+                        text: input.text.clone(),
+                        encrypted: input.encrypted.clone(),
+                        attachments: input
+                            .attachments
+                            .as_ref()
+                            .map(|a| Value::Array(a.clone()))
+                            .unwrap_or_else(|| json!([])),
+                        parent_id: input.parent_id.clone(),
+                        custom: input.custom.clone().unwrap_or_else(|| json!({})),
+                        created_at: Timestamp(t),
+                        edited_at: None,
+                        deleted_at: None,
                     };
+                    *conv = (seq, Some(t), Some(message.id.clone()));
+                    read_to.insert((cid, sender), seq);
+                    parents.insert(message.id.clone(), cid.to_owned());
+                    pending.push(PendingChange {
+                        conversation_id: cid.to_owned(),
+                        kind: ChangeKind::MessageNew,
+                        user_id: None,
+                        data: serde_json::to_value(&message).unwrap_or(Value::Null),
+                    });
+                    outcomes[i] = Some(Ok(WriteOutcome::Sent {
+                        message: Box::new(message.clone()),
+                        created: true,
+                    }));
+                    if let Some(key) = key {
+                        created.insert(key, rows.len());
+                    }
+                    rows.push((message, m));
+                }
+
+                for chunk in rows.chunks(100) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into messages (message_id, conversation_id, seq, sender_id, client_id, \
+                         kind, text, encrypted, attachments, parent_id, custom, created_at) values {}",
+                        tuples(1, chunk.len(), 12)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (message, m) in chunk {
+                        q = q
+                            .bind(&message.id)
+                            .bind(&message.conversation_id)
+                            .bind(message.seq)
+                            .bind(m.sender_id)
+                            .bind(m.client_id)
+                            .bind(m.kind)
+                            .bind(m.text)
+                            .bind(m.encrypted.as_deref())
+                            .bind(&m.attachments)
+                            .bind(m.parent_id)
+                            .bind(&m.custom)
+                            .bind(message.created_at.0);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                let moved: Vec<(&String, i64, i64, &String)> = convs
+                    .iter()
+                    .filter_map(|(id, (seq, at, last))| {
+                        last.as_ref().map(|l| (id, *seq, at.unwrap_or(0), l))
+                    })
+                    .collect();
+                for chunk in moved.chunks(200) {
+                    self.tick(1);
+                    let sql = format!(
+                        "with v(cid, seq, mid, t) as (values {}) update conversations \
+                         set last_seq = v.seq, last_message_id = v.mid, last_message_at = v.t, \
+                         activity_at = v.t from v where conversations.conversation_id = v.cid",
+                        tuples(1, chunk.len(), 4)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (id, seq, t, last) in chunk {
+                        q = q.bind(*id).bind(*seq).bind(*last).bind(*t);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                let reads: Vec<(&(&str, &str), &i64)> = read_to.iter().collect();
+                for chunk in reads.chunks(300) {
+                    self.tick(1);
+                    let sql = format!(
+                        "with v(cid, uid, s) as (values {}) update members set last_read_seq = v.s \
+                         from v where members.conversation_id = v.cid and members.user_id = v.uid \
+                         and members.last_read_seq < v.s",
+                        tuples(1, chunk.len(), 3)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for ((c, u), seq) in chunk {
+                        q = q.bind(*c).bind(*u).bind(**seq);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+
+                // Read marks, after the sends they may cover.
+                for (i, op) in ops.iter().enumerate() {
+                    let WriteOp::Read { conversation_id, user_id, seq } = op else {
+                        continue;
+                    };
+                    let outcome = self
+                        .read_in_tx(&mut tx, conversation_id, user_id, *seq, &mut pending)
+                        .await;
                     // A database failure aborts the transaction: every op fails with it.
                     if let Err(e @ (StoreError::Other(_) | StoreError::Unavailable(_) | StoreError::Conflict(_))) = &outcome {
                         let msg = e.to_string();
@@ -2734,13 +2919,6 @@ macro_rules! sql_store {
             }
         }
 
-        fn op_conversation(op: &WriteOp) -> &str {
-            match op {
-                WriteOp::Send { conversation_id, .. } | WriteOp::Read { conversation_id, .. } => {
-                    conversation_id
-                }
-            }
-        }
     };
 }
 
