@@ -57,10 +57,10 @@ impl Application {
             .setting_or_insert("database_id", &uuid::Uuid::now_v7().to_string())
             .await?;
         let bus = ChangeBus::new();
-        let workers = match store.backend() {
+        let workers = config.write_workers.unwrap_or(match store.backend() {
             Backend::Sqlite => 1,
-            Backend::Postgres => 4,
-        };
+            Backend::Postgres => 2,
+        });
         let writes = WritePath::start(
             store.clone(),
             bus.clone(),

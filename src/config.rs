@@ -24,6 +24,9 @@ pub struct Config {
     pub rate_limit_per_ip: Option<RateLimit>,
     /// Largest number of writes committed in one transaction by the write path.
     pub max_batch: usize,
+    /// Tasks committing write batches (`CONFAB_WRITE_WORKERS`, an extension); `None`: 1 on
+    /// SQLite (one writer), 2 on PostgreSQL (one batch runs while the previous commits).
+    pub write_workers: Option<usize>,
     /// PostgreSQL connections per process (`CONFAB_DB_POOL_SIZE`, an extension).
     pub db_pool_size: u32,
     /// Origins allowed to open a socket (`CONFAB_ALLOWED_ORIGINS`); `None`: any.
@@ -210,6 +213,15 @@ impl Config {
                 .filter(|n| (1..=10_000).contains(n))
                 .ok_or_else(|| bad("CONFAB_MAX_BATCH", "must be a number from 1 to 10000"))?,
         };
+        let write_workers = match get("CONFAB_WRITE_WORKERS") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| bad("CONFAB_WRITE_WORKERS", "must be a number from 1 to 64"))?,
+            ),
+        };
         let db_pool_size = match get("CONFAB_DB_POOL_SIZE") {
             None => 32,
             Some(v) => v
@@ -309,6 +321,7 @@ impl Config {
             rate_limit_per_user,
             rate_limit_per_ip,
             max_batch,
+            write_workers,
         })
     }
 }

@@ -138,11 +138,12 @@ async fn worker(
 ) {
     let mut batch: Vec<Queued> = Vec::with_capacity(max_batch);
     loop {
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut batch, max_batch).await == 0 {
-                return; // every sender is gone: the server is stopping
-            }
+        // The queue stays locked while this batch runs its own statements, so the next worker
+        // collects everything that arrives meanwhile (one large batch, not many of one) and
+        // starts when this one only has its commit left: batches overlap, commits take turns.
+        let mut queue = rx.lock().await;
+        if queue.recv_many(&mut batch, max_batch).await == 0 {
+            return; // every sender is gone: the server is stopping
         }
         let now = Instant::now();
         let (live, expired): (Vec<Queued>, Vec<Queued>) =
@@ -157,7 +158,16 @@ async fn worker(
         }
         let ops: Vec<WriteOp> = live.iter().map(|q| q.op.clone()).collect();
         let started = Instant::now();
-        let result = store.write_batch(&ops).await;
+        let (staged, is_staged) = oneshot::channel();
+        let write = store.write_batch_staged(&ops, staged);
+        tokio::pin!(write);
+        let result = tokio::select! {
+            result = &mut write => result,
+            _ = is_staged => {
+                drop(queue);
+                write.await
+            }
+        };
         metrics::histogram!("confab_write_batch_size").record(ops.len() as f64);
         metrics::histogram!("confab_write_batch_seconds").record(started.elapsed().as_secs_f64());
         match result {

@@ -378,7 +378,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch of sends and read marks in ONE transaction, in order. Per-op failures
     /// (not a member, …) fail only that op; a database failure fails them all.
-    async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult>;
+    async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult> {
+        let (staged, _) = tokio::sync::oneshot::channel();
+        self.write_batch_staged(ops, staged).await
+    }
+
+    /// `write_batch`, signalling `staged` once the batch's own statements are done and only
+    /// its change-log entries and the commit remain (the part commits take in turn): the
+    /// write path lets the next batch start then.
+    async fn write_batch_staged(
+        &self,
+        ops: &[WriteOp],
+        staged: tokio::sync::oneshot::Sender<()>,
+    ) -> StoreResult<BatchResult>;
 
     /// A page of messages, oldest first, and whether more exist in the direction asked.
     /// Membership of `caller` is checked in the same query (NotFound otherwise).

@@ -110,6 +110,36 @@ fn copy_opt(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// `sql` with `{rows}` as `select * from unnest($1::text[], $2::int8[], …)` over `cols`, bound
+/// one array per column (see `Col`).
+pub(crate) fn rows_query<'q>(
+    sql: &str,
+    cols: Vec<super::sql::Col<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    use super::sql::Col;
+    let arrays: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c {
+            Col::Int(_) => format!("${}::int8[]", i + 1),
+            Col::Text(_) | Col::OptText(_) => format!("${}::text[]", i + 1),
+        })
+        .collect();
+    let sql = sql.replace(
+        "{rows}",
+        &format!("select * from unnest({})", arrays.join(", ")),
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for c in cols {
+        q = match c {
+            Col::Text(v) => q.bind(v),
+            Col::OptText(v) => q.bind(v),
+            Col::Int(v) => q.bind(v),
+        };
+    }
+    q
+}
+
 impl PgStore {
     /// Runs `sql`, whose `{in}` stands for a membership test of the statement's only
     /// parameter, for all of `values` at once: `= any($1)` with one text array (one plan, one

@@ -65,6 +65,26 @@ pub(crate) struct PendingChange {
     pub data: Value,
 }
 
+/// One column of rows bound to a single statement by a backend's `rows_query`, where the
+/// statement's `{rows}` stands for them as a relation: `values (?,?),…` on SQLite, and on
+/// PostgreSQL `select * from unnest($1::text[], …)`, one array per column, so the statement's
+/// text (and its prepared plan) is the same however many rows.
+pub(crate) enum Col<'a> {
+    Text(Vec<&'a str>),
+    OptText(Vec<Option<&'a str>>),
+    Int(Vec<i64>),
+}
+
+impl Col<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Col::Text(v) => v.len(),
+            Col::OptText(v) => v.len(),
+            Col::Int(v) => v.len(),
+        }
+    }
+}
+
 /// A message row written by the bulk import path, borrowing from the batch's record.
 pub(crate) struct ImportRow<'a> {
     pub id: String,
@@ -187,7 +207,7 @@ macro_rules! sql_store {
             UserInput,
         };
         use $crate::storage::sql::{
-            CONV_COLS, ConvRow, ImportRow, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
+            CONV_COLS, Col, ConvRow, ImportRow, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
             json_text, like_pattern, now, parse_json,
         };
 
@@ -451,23 +471,23 @@ macro_rules! sql_store {
                         created_at: Timestamp(created_at),
                     })
                     .collect();
-                for chunk in changes.chunks(200) {
+                for chunk in changes.chunks(1000) {
                     self.tick(1);
-                    let sql = format!(
-                        "insert into changes (pos, conversation_id, kind, user_id, data, created_at) values {}",
-                        tuples(1, chunk.len(), 6)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for c in chunk {
-                        q = q
-                            .bind(c.pos)
-                            .bind(&c.conversation_id)
-                            .bind(c.kind.as_str())
-                            .bind(&c.user_id)
-                            .bind(c.data.to_string())
-                            .bind(created_at);
-                    }
-                    q.execute(&mut **tx).await.map_err(db_error)?;
+                    let data: Vec<String> = chunk.iter().map(|c| c.data.to_string()).collect();
+                    rows_query(
+                        "insert into changes (pos, conversation_id, kind, user_id, data, created_at) {rows}",
+                        vec![
+                            Col::Int(chunk.iter().map(|c| c.pos).collect()),
+                            Col::Text(chunk.iter().map(|c| c.conversation_id.as_str()).collect()),
+                            Col::Text(chunk.iter().map(|c| c.kind.as_str()).collect()),
+                            Col::OptText(chunk.iter().map(|c| c.user_id.as_deref()).collect()),
+                            Col::Text(data.iter().map(String::as_str).collect()),
+                            Col::Int(vec![created_at; chunk.len()]),
+                        ],
+                    )
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
                 }
                 if let Some(outbox) = self.outbox.get() {
                     self.write_outbox(tx, &changes, &members, outbox.as_ref()).await?;
@@ -488,21 +508,17 @@ macro_rules! sql_store {
                 convs.sort_unstable();
                 convs.dedup();
                 let mut out: HashMap<String, Vec<String>> = HashMap::new();
-                for chunk in convs.chunks(500) {
-                    self.tick(1);
-                    let sql = format!(
-                        "select conversation_id, user_id from members where conversation_id in ({})",
-                        params(1, chunk.len())
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for c in chunk {
-                        q = q.bind(*c);
-                    }
-                    for r in q.fetch_all(&mut **tx).await.map_err(db_error)? {
-                        out.entry(r.try_get(0).map_err(db_error)?)
-                            .or_default()
-                            .push(r.try_get(1).map_err(db_error)?);
-                    }
+                let rows = self
+                    .fetch_in(
+                        tx,
+                        "select conversation_id, user_id from members where conversation_id {in}",
+                        &convs,
+                    )
+                    .await?;
+                for r in rows {
+                    out.entry(r.try_get(0).map_err(db_error)?)
+                        .or_default()
+                        .push(r.try_get(1).map_err(db_error)?);
                 }
                 Ok(out)
             }
@@ -543,26 +559,25 @@ macro_rules! sql_store {
                         (format!("msg_{}", uuid::Uuid::now_v7().simple()), c, body.to_string())
                     })
                     .collect();
-                for chunk in rows.chunks(100) {
+                for chunk in rows.chunks(1000) {
                     self.tick(1);
-                    let sql = format!(
+                    rows_query(
                         "insert into webhook_deliveries (delivery_id, pos, conversation_id, kind, \
-                         payload, status, next_attempt_at, created_at) values {}",
-                        tuples(1, chunk.len(), 8)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (id, c, body) in chunk {
-                        q = q
-                            .bind(id)
-                            .bind(c.pos)
-                            .bind(&c.conversation_id)
-                            .bind(c.kind.as_str())
-                            .bind(body)
-                            .bind("pending")
-                            .bind(t)
-                            .bind(t);
-                    }
-                    q.execute(&mut **tx).await.map_err(db_error)?;
+                         payload, status, next_attempt_at, created_at) {rows}",
+                        vec![
+                            Col::Text(chunk.iter().map(|r| r.0.as_str()).collect()),
+                            Col::Int(chunk.iter().map(|r| r.1.pos).collect()),
+                            Col::Text(chunk.iter().map(|r| r.1.conversation_id.as_str()).collect()),
+                            Col::Text(chunk.iter().map(|r| r.1.kind.as_str()).collect()),
+                            Col::Text(chunk.iter().map(|r| r.2.as_str()).collect()),
+                            Col::Text(vec!["pending"; chunk.len()]),
+                            Col::Int(vec![t; chunk.len()]),
+                            Col::Int(vec![t; chunk.len()]),
+                        ],
+                    )
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
                 }
                 Ok(())
             }
@@ -1782,7 +1797,11 @@ macro_rules! sql_store {
             /// look up `client_id` replays and parents, insert the messages, move the
             /// conversations' last-message fields and the senders' read positions. Sends take
             /// their seqs in arrival order; read marks run after the sends, one at a time.
-            async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult> {
+            async fn write_batch_staged(
+                &self,
+                ops: &[WriteOp],
+                staged: tokio::sync::oneshot::Sender<()>,
+            ) -> StoreResult<BatchResult> {
                 type Key = (String, String, String);
                 let mut tx = self.begin().await?;
 
@@ -1804,21 +1823,22 @@ macro_rules! sql_store {
                 // conversation -> (last_seq, last_message_at, last_message_id if moved)
                 let mut convs: HashMap<String, (i64, Option<i64>, Option<String>)> = HashMap::new();
                 let mut members: std::collections::HashSet<(String, String)> = Default::default();
-                for chunk in pairs.chunks(400) {
+                for chunk in pairs.chunks(1000) {
                     self.tick(1);
-                    let sql = format!(
-                        "with v(cid, uid) as (values {}) \
-                         select c.conversation_id, c.last_seq, c.last_message_at, mb.user_id \
-                         from v join members mb on mb.conversation_id = v.cid and mb.user_id = v.uid \
-                         join conversations c on c.conversation_id = mb.conversation_id \
-                         order by c.conversation_id {}",
-                        tuples(1, chunk.len(), 2),
-                        $lock
+                    let q = rows_query(
+                        concat!(
+                            "with v(cid, uid) as ({rows}) \
+                             select c.conversation_id, c.last_seq, c.last_message_at, mb.user_id \
+                             from v join members mb on mb.conversation_id = v.cid and mb.user_id = v.uid \
+                             join conversations c on c.conversation_id = mb.conversation_id \
+                             order by c.conversation_id ",
+                            $lock
+                        ),
+                        vec![
+                            Col::Text(chunk.iter().map(|p| p.0).collect()),
+                            Col::Text(chunk.iter().map(|p| p.1).collect()),
+                        ],
                     );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (c, u) in chunk {
-                        q = q.bind(*c).bind(*u);
-                    }
                     for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
                         let id: String = r.try_get(0).map_err(db_error)?;
                         let last_seq: i64 = r.try_get(1).map_err(db_error)?;
@@ -1848,18 +1868,21 @@ macro_rules! sql_store {
                     .filter_map(|(_, c, u, input)| input.client_id.as_deref().map(|k| (*c, *u, k)))
                     .collect();
                 let mut stored: HashMap<Key, Message> = HashMap::new();
-                for chunk in keyed.chunks(300) {
+                for chunk in keyed.chunks(1000) {
                     self.tick(1);
                     let sql = format!(
-                        "with v(cid, uid, k) as (values {}) select {MSG_COLS} from v \
+                        "with v(cid, uid, k) as ({{rows}}) select {MSG_COLS} from v \
                          join messages m on m.conversation_id = v.cid and m.sender_id = v.uid \
-                         and m.client_id = v.k",
-                        tuples(1, chunk.len(), 3)
+                         and m.client_id = v.k"
                     );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (c, u, k) in chunk {
-                        q = q.bind(*c).bind(*u).bind(*k);
-                    }
+                    let q = rows_query(
+                        &sql,
+                        vec![
+                            Col::Text(chunk.iter().map(|k| k.0).collect()),
+                            Col::Text(chunk.iter().map(|k| k.1).collect()),
+                            Col::Text(chunk.iter().map(|k| k.2).collect()),
+                        ],
+                    );
                     for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
                         let m = message_from(&r).map_err(db_error)?;
                         let key = (
@@ -1873,19 +1896,15 @@ macro_rules! sql_store {
                 let parent_ids: Vec<&str> =
                     sends.iter().filter_map(|s| s.3.parent_id.as_deref()).collect();
                 let mut parents: HashMap<String, String> = HashMap::new();
-                for chunk in parent_ids.chunks(500) {
-                    self.tick(1);
-                    let sql = format!(
-                        "select message_id, conversation_id from messages where message_id in ({})",
-                        params(1, chunk.len())
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for id in chunk {
-                        q = q.bind(*id);
-                    }
-                    for r in q.fetch_all(&mut *tx).await.map_err(db_error)? {
-                        parents.insert(r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?);
-                    }
+                let found = self
+                    .fetch_in(
+                        &mut tx,
+                        "select message_id, conversation_id from messages where message_id {in}",
+                        &parent_ids,
+                    )
+                    .await?;
+                for r in found {
+                    parents.insert(r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?);
                 }
 
                 // The sends, in arrival order.
@@ -1971,30 +1990,29 @@ macro_rules! sql_store {
                     rows.push((message, m));
                 }
 
-                for chunk in rows.chunks(100) {
+                for chunk in rows.chunks(1000) {
                     self.tick(1);
-                    let sql = format!(
+                    rows_query(
                         "insert into messages (message_id, conversation_id, seq, sender_id, client_id, \
-                         kind, text, encrypted, attachments, parent_id, custom, created_at) values {}",
-                        tuples(1, chunk.len(), 12)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (message, m) in chunk {
-                        q = q
-                            .bind(&message.id)
-                            .bind(&message.conversation_id)
-                            .bind(message.seq)
-                            .bind(m.sender_id)
-                            .bind(m.client_id)
-                            .bind(m.kind)
-                            .bind(m.text)
-                            .bind(m.encrypted.as_deref())
-                            .bind(&m.attachments)
-                            .bind(m.parent_id)
-                            .bind(&m.custom)
-                            .bind(message.created_at.0);
-                    }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
+                         kind, text, encrypted, attachments, parent_id, custom, created_at) {rows}",
+                        vec![
+                            Col::Text(chunk.iter().map(|r| r.0.id.as_str()).collect()),
+                            Col::Text(chunk.iter().map(|r| r.0.conversation_id.as_str()).collect()),
+                            Col::Int(chunk.iter().map(|r| r.0.seq).collect()),
+                            Col::OptText(chunk.iter().map(|r| r.1.sender_id).collect()),
+                            Col::OptText(chunk.iter().map(|r| r.1.client_id).collect()),
+                            Col::Text(chunk.iter().map(|r| r.1.kind).collect()),
+                            Col::OptText(chunk.iter().map(|r| r.1.text).collect()),
+                            Col::OptText(chunk.iter().map(|r| r.1.encrypted.as_deref()).collect()),
+                            Col::Text(chunk.iter().map(|r| r.1.attachments.as_str()).collect()),
+                            Col::OptText(chunk.iter().map(|r| r.1.parent_id).collect()),
+                            Col::Text(chunk.iter().map(|r| r.1.custom.as_str()).collect()),
+                            Col::Int(chunk.iter().map(|r| r.0.created_at.0).collect()),
+                        ],
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
                 }
                 let moved: Vec<(&String, i64, i64, &String)> = convs
                     .iter()
@@ -2002,34 +2020,39 @@ macro_rules! sql_store {
                         last.as_ref().map(|l| (id, *seq, at.unwrap_or(0), l))
                     })
                     .collect();
-                for chunk in moved.chunks(200) {
+                for chunk in moved.chunks(1000) {
                     self.tick(1);
-                    let sql = format!(
-                        "with v(cid, seq, mid, t) as (values {}) update conversations \
+                    rows_query(
+                        "with v(cid, seq, mid, t) as ({rows}) update conversations \
                          set last_seq = v.seq, last_message_id = v.mid, last_message_at = v.t, \
                          activity_at = v.t from v where conversations.conversation_id = v.cid",
-                        tuples(1, chunk.len(), 4)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (id, seq, t, last) in chunk {
-                        q = q.bind(*id).bind(*seq).bind(*last).bind(*t);
-                    }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
+                        vec![
+                            Col::Text(chunk.iter().map(|m| m.0.as_str()).collect()),
+                            Col::Int(chunk.iter().map(|m| m.1).collect()),
+                            Col::Text(chunk.iter().map(|m| m.3.as_str()).collect()),
+                            Col::Int(chunk.iter().map(|m| m.2).collect()),
+                        ],
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
                 }
                 let reads: Vec<(&(&str, &str), &i64)> = read_to.iter().collect();
-                for chunk in reads.chunks(300) {
+                for chunk in reads.chunks(1000) {
                     self.tick(1);
-                    let sql = format!(
-                        "with v(cid, uid, s) as (values {}) update members set last_read_seq = v.s \
+                    rows_query(
+                        "with v(cid, uid, s) as ({rows}) update members set last_read_seq = v.s \
                          from v where members.conversation_id = v.cid and members.user_id = v.uid \
                          and members.last_read_seq < v.s",
-                        tuples(1, chunk.len(), 3)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for ((c, u), seq) in chunk {
-                        q = q.bind(*c).bind(*u).bind(**seq);
-                    }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
+                        vec![
+                            Col::Text(chunk.iter().map(|r| r.0.0).collect()),
+                            Col::Text(chunk.iter().map(|r| r.0.1).collect()),
+                            Col::Int(chunk.iter().map(|r| *r.1).collect()),
+                        ],
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
                 }
 
                 // Read marks, after the sends they may cover.
@@ -2048,6 +2071,7 @@ macro_rules! sql_store {
                     }
                     outcomes[i] = Some(outcome);
                 }
+                let _ = staged.send(());
                 let changes = self.record(&mut tx, pending).await?;
                 self.commit(tx).await?;
                 Ok(BatchResult {

@@ -102,6 +102,32 @@ super::sql::sql_store!(
     placeholder = '?'
 );
 
+/// `sql` with `{rows}` as `values (?,?,…),…` over `cols`, bound row by row (see `Col`). At
+/// least one row; at most SQLite's 32,766 parameters in all.
+pub(crate) fn rows_query<'q>(
+    sql: &str,
+    cols: Vec<super::sql::Col<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    use super::sql::Col;
+    let n = cols.first().map_or(0, Col::len);
+    let one = format!("({})", vec!["?"; cols.len()].join(","));
+    let sql = sql.replace(
+        "{rows}",
+        &format!("values {}", vec![one.as_str(); n].join(",")),
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for i in 0..n {
+        for c in &cols {
+            q = match c {
+                Col::Text(v) => q.bind(v[i]),
+                Col::OptText(v) => q.bind(v[i]),
+                Col::Int(v) => q.bind(v[i]),
+            };
+        }
+    }
+    q
+}
+
 impl SqliteStore {
     /// Runs `sql`, whose `{in}` stands for a membership test of the statement's parameters,
     /// for `values` in lists of 500 anonymous placeholders.

@@ -160,6 +160,10 @@ async fn store_contract(db: Db) {
     assert_eq!(kinds, [ChangeKind::MessageNew, ChangeKind::Read]);
     assert!(batch.changes[0].pos < batch.changes[1].pos);
     assert_eq!(s.last_position().await.unwrap(), batch.changes[1].pos);
+    let Ok(WriteOutcome::Sent { message: first, .. }) = &o[0] else {
+        unreachable!()
+    };
+    let first = first.clone();
 
     // paging
     let (page, more) = s
@@ -312,6 +316,98 @@ async fn store_contract(db: Db) {
     let page = s.list_conversations("c", &after_end).await.unwrap();
     assert!(page.conversations.is_empty());
     assert_eq!(page.total, Some(1));
+
+    // a batch over two conversations: seqs per conversation in arrival order, a parent in the
+    // same conversation accepted and one from another refused, the senders' read positions
+    let (h, _) = s
+        .create_conversation(&group(&["a", "c"], Some("a")))
+        .await
+        .unwrap()
+        .value;
+    let g_last = s
+        .conversations_for(Some("c"), std::slice::from_ref(&g), 0)
+        .await
+        .unwrap()[0]
+        .last_seq;
+    let reply = |conv: &str, from: &str, key: &str| {
+        let mut op = send(conv, from, key);
+        if let WriteOp::Send { input, .. } = &mut op {
+            input.parent_id = Some(first.id.clone());
+        }
+        op
+    };
+    let batch = s
+        .write_batch(&[
+            send(&h, "a", "h1"),
+            reply(&g, "c", "g2"),
+            send(&h, "c", "h2"),
+            reply(&h, "a", "h3"),
+            send(&h, "c", "h2"),
+            WriteOp::Read {
+                conversation_id: h.clone(),
+                user_id: "a".into(),
+                seq: None,
+            },
+        ])
+        .await
+        .unwrap();
+    let seq_of = |o: &Result<WriteOutcome, StoreError>| match o {
+        Ok(WriteOutcome::Sent { message, created }) => {
+            (message.conversation_id.clone(), message.seq, *created)
+        }
+        other => panic!("{other:?}"),
+    };
+    let o = &batch.outcomes;
+    assert_eq!(seq_of(&o[0]), (h.clone(), 1, true));
+    assert_eq!(seq_of(&o[1]), (g.clone(), g_last + 1, true));
+    assert_eq!(seq_of(&o[2]), (h.clone(), 2, true));
+    assert!(
+        matches!(
+            &o[3],
+            Err(StoreError::Invalid {
+                field: "parent_id",
+                ..
+            })
+        ),
+        "{:?}",
+        o[3]
+    );
+    assert_eq!(
+        seq_of(&o[4]),
+        (h.clone(), 2, false),
+        "a replay within the batch"
+    );
+    assert!(matches!(&o[5], Ok(WriteOutcome::Read { last_read_seq: 2 })));
+    let kinds: Vec<ChangeKind> = batch.changes.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ChangeKind::MessageNew,
+            ChangeKind::MessageNew,
+            ChangeKind::MessageNew,
+            ChangeKind::Read
+        ]
+    );
+    let (page, _) = s
+        .page_messages("c", &h, PageBound::Newest, 10)
+        .await
+        .unwrap();
+    let texts: Vec<&str> = page.iter().filter_map(|m| m.text.as_deref()).collect();
+    assert_eq!(texts, ["text h1", "text h2"]);
+    let view = s
+        .conversations_for(Some("c"), std::slice::from_ref(&h), 0)
+        .await
+        .unwrap();
+    assert_eq!(view[0].last_seq, 2);
+    assert_eq!(view[0].unread_count, 0, "c sent the last message");
+    let (page, _) = s
+        .page_messages("c", &g, PageBound::Newest, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.last().unwrap().parent_id.as_deref(),
+        Some(first.id.as_str())
+    );
 }
 
 async fn page_first_id(s: &DynStore, g: &str) -> String {
