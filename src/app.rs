@@ -11,7 +11,7 @@ use crate::auth::{Keys, generate_secret};
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::realtime::{self, presence::Presence};
-use crate::storage::{self, Backend, DynStore};
+use crate::storage::{self, DynStore};
 use crate::write_path::{ChangeBus, WritePath};
 
 pub struct Application {
@@ -57,10 +57,9 @@ impl Application {
             .setting_or_insert("database_id", &uuid::Uuid::now_v7().to_string())
             .await?;
         let bus = ChangeBus::new();
-        let workers = config.write_workers.unwrap_or(match store.backend() {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 2,
-        });
+        let workers = config
+            .write_workers
+            .unwrap_or_else(|| crate::write_path::default_workers(store.backend()));
         let writes = WritePath::start(
             store.clone(),
             bus.clone(),

@@ -14,6 +14,15 @@ use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 use crate::domain::Change;
 use crate::storage::{DynStore, StoreError, StoreResult, WriteOp, WriteOutcome};
 
+/// Write batches in flight at once unless configured (`CONFAB_WRITE_WORKERS`): SQLite has one
+/// writer; on PostgreSQL a second batch runs its statements while the previous one commits.
+pub fn default_workers(backend: crate::storage::Backend) -> usize {
+    match backend {
+        crate::storage::Backend::Sqlite => 1,
+        crate::storage::Backend::Postgres => 2,
+    }
+}
+
 /// Committed changes, in position order, for whoever listens (realtime, webhooks, tests).
 #[derive(Clone)]
 pub struct ChangeBus {

@@ -116,7 +116,8 @@ struct SeedArgs {
 struct RunArgs {
     #[command(flatten)]
     target: Target,
-    /// Also measure the naive ceiling for `send` on this database (postgres://… or sqlite://…).
+    /// Also measure the naive ceiling for `send` (one INSERT per transaction) on this database
+    /// (postgres://… or sqlite://…; a scratch database, not the server's).
     #[arg(long)]
     database_url: Option<String>,
     /// Comma-separated: send, inbox (also reports inbox_heavy), page (also page_before),
@@ -144,6 +145,17 @@ struct RunArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The server's own database: `send`, `inbox` and `page` are also run as the same store
+    /// calls the server makes (its statements and transactions, `send` through its write
+    /// path), from this process without HTTP, at the same concurrency: Confab ÷ SQL.
+    #[arg(long)]
+    sql_database_url: Option<String>,
+    /// The server's process id: its CPU (in cores) and peak RSS during each scenario.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also draw the latency percentiles per scenario as an SVG chart to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -452,6 +464,18 @@ impl Scenario {
         })
     }
 
+    /// Scenarios run again as the server's own store calls (`--sql-database-url`).
+    fn has_sql(self) -> bool {
+        matches!(
+            self,
+            Scenario::Send
+                | Scenario::Inbox
+                | Scenario::InboxHeavy
+                | Scenario::Page
+                | Scenario::PageBefore
+        )
+    }
+
     fn needs_conversations(self) -> bool {
         matches!(
             self,
@@ -502,9 +526,18 @@ struct Row {
     ok: u64,
     errors: u64,
     seconds: f64,
-    /// For `send`: Confab's ops/s divided by the naive ceiling's.
+    /// Confab's ops/s over the same SQL's run directly (`*_sql` rows).
     #[serde(skip_serializing_if = "Option::is_none")]
-    confab_over_raw: Option<f64>,
+    confab_over_sql: Option<f64>,
+    /// For `send`: Confab's ops/s over the naive one-INSERT-per-transaction ceiling's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confab_over_naive: Option<f64>,
+    /// The server's CPU use during the scenario (warmup included), in cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cores: Option<f64>,
+    /// The server's peak RSS during the scenario, MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_peak_rss_mb: Option<f64>,
 }
 
 impl Ctx {
@@ -826,7 +859,7 @@ where
         ok: lat.len() as u64,
         errors,
         seconds: secs,
-        confab_over_raw: None,
+        ..Default::default()
     })
 }
 
@@ -898,6 +931,68 @@ impl WorkerOp for RawOp {
     }
 }
 
+/// A scenario as the store calls the server makes for it (the same statements and
+/// transactions; `send` through a write path like the server's), without HTTP.
+struct SqlOp {
+    ctx: Arc<Ctx>,
+    store: confab::storage::DynStore,
+    writes: confab::write_path::WritePath,
+    sc: Scenario,
+    w: Worker,
+}
+
+impl WorkerOp for SqlOp {
+    fn once(&mut self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            use confab::storage::{ListFilter, PageBound, WriteOp};
+            let w = &mut self.w;
+            w.n += 1;
+            let done = match self.sc {
+                Scenario::Send => {
+                    let c = self.ctx.conv(w);
+                    let user = c.members.choose(&mut w.rng).expect("members").clone();
+                    let input = confab::domain::SendInput {
+                        client_id: Some(format!("s{}-{}-{}", self.ctx.run_id, w.id, w.n)),
+                        text: Some(format!("bench message {} from worker {}", w.n, w.id)),
+                        ..Default::default()
+                    };
+                    let op = WriteOp::Send {
+                        conversation_id: c.id.clone(),
+                        sender_id: user,
+                        input: Box::new(input),
+                    };
+                    self.writes.submit(op).await.map(drop)
+                }
+                Scenario::Inbox | Scenario::InboxHeavy => {
+                    let user = if self.sc == Scenario::Inbox {
+                        self.ctx.users.choose(&mut w.rng).expect("users").clone()
+                    } else {
+                        self.ctx.heavy.clone()
+                    };
+                    let filter = ListFilter {
+                        limit: 30,
+                        ..Default::default()
+                    };
+                    self.store.list_conversations(&user, &filter).await.map(drop)
+                }
+                Scenario::Page | Scenario::PageBefore => {
+                    let c = self.ctx.conv(w);
+                    let user = c.members.choose(&mut w.rng).expect("members").clone();
+                    let bound = if self.sc == Scenario::PageBefore {
+                        PageBound::Before(w.rng.random_range(1..=c.last_seq.max(1) + 1))
+                    } else {
+                        PageBound::Newest
+                    };
+                    let id = c.id.clone();
+                    self.store.page_messages(&user, &id, bound, 50).await.map(drop)
+                }
+                _ => Ok(()),
+            };
+            done.map_err(|e| e.to_string())
+        })
+    }
+}
+
 async fn raw_pool(url: &str, size: u32) -> anyhow::Result<RawDb> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -951,9 +1046,11 @@ fn fmt_ms(x: f64) -> String {
 
 fn print_table(rows: &[Row]) {
     let header = [
-        "scenario", "conc", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "vs raw",
+        "scenario", "conc", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "vs sql",
+        "vs naive", "srv cores", "srv MB",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let ratio = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.2}x"));
+    let cells: Vec<[String; 12]> = rows
         .iter()
         .map(|r| {
             [
@@ -965,8 +1062,11 @@ fn print_table(rows: &[Row]) {
                 fmt_ms(r.p99_ms),
                 fmt_ms(r.max_ms),
                 r.errors.to_string(),
-                r.confab_over_raw
-                    .map_or(String::new(), |x| format!("{x:.2}x")),
+                ratio(r.confab_over_sql),
+                ratio(r.confab_over_naive),
+                r.server_cores.map_or(String::new(), |x| format!("{x:.2}")),
+                r.server_peak_rss_mb
+                    .map_or(String::new(), |x| format!("{x:.0}")),
             ]
         })
         .collect();
@@ -1049,12 +1149,31 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         );
     }
     let ctx = Arc::new(ctx);
+    let sql_store = match &a.sql_database_url {
+        Some(url) => Some(
+            confab::storage::open_url(url, Duration::from_secs(30), max_conc.max(4) as u32)
+                .await
+                .context("--sql-database-url")?,
+        ),
+        None => None,
+    };
+    let report = |row: &Row| {
+        eprintln!(
+            "{} c={} {:.0} ops/s p50 {} ms p99 {} ms errors {}",
+            row.scenario,
+            row.concurrency,
+            row.ops_per_s,
+            fmt_ms(row.p50_ms),
+            fmt_ms(row.p99_ms),
+            row.errors
+        )
+    };
     let mut rows: Vec<Row> = Vec::new();
     for &sc in &scenarios {
         for &c in &concurrency {
-            let ctx = ctx.clone();
+            let http_ctx = ctx.clone();
             let make = move |w: usize| {
-                let ctx = ctx.clone();
+                let ctx = http_ctx.clone();
                 async move {
                     let mut worker = Worker {
                         rng: StdRng::seed_from_u64(w as u64 * 7919 + 1),
@@ -1068,17 +1187,50 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                     Ok(Box::new(HttpOp { ctx, sc, w: worker }) as Box<dyn WorkerOp>)
                 }
             };
-            let row = measure(sc.name(), c, a.warmup, a.duration, make).await?;
-            eprintln!(
-                "{} c={} {:.0} ops/s p50 {} ms p99 {} ms errors {}",
-                row.scenario,
-                c,
-                row.ops_per_s,
-                fmt_ms(row.p50_ms),
-                fmt_ms(row.p99_ms),
-                row.errors
-            );
+            let watch = a.server_pid.map(ProcWatch::start).transpose()?;
+            let wall = Instant::now();
+            let mut row = measure(sc.name(), c, a.warmup, a.duration, make).await?;
+            if let Some(watch) = watch {
+                let (cpu, peak) = watch.finish().await;
+                row.server_cores = Some(cpu / wall.elapsed().as_secs_f64());
+                row.server_peak_rss_mb = Some(peak);
+            }
+            report(&row);
             rows.push(row);
+            if let Some(store) = &sql_store
+                && sc.has_sql()
+            {
+                let ctx = ctx.clone();
+                let store = store.clone();
+                let writes = confab::write_path::WritePath::start(
+                    store.clone(),
+                    confab::write_path::ChangeBus::new(),
+                    confab::write_path::default_workers(store.backend()),
+                    256,
+                    Duration::from_secs(30),
+                );
+                let make = move |w: usize| {
+                    let (ctx, store, writes) = (ctx.clone(), store.clone(), writes.clone());
+                    async move {
+                        let worker = Worker {
+                            rng: StdRng::seed_from_u64(w as u64 * 7919 + 1),
+                            id: w,
+                            n: 0,
+                            sync: None,
+                        };
+                        Ok(Box::new(SqlOp { ctx, store, writes, sc, w: worker }) as Box<dyn WorkerOp>)
+                    }
+                };
+                let name = format!("{}_sql", sc.name());
+                let sql = measure(&name, c, a.warmup, a.duration, make).await?;
+                report(&sql);
+                if let Some(http) = rows.last_mut()
+                    && sql.ops_per_s > 0.0
+                {
+                    http.confab_over_sql = Some(http.ops_per_s / sql.ops_per_s);
+                }
+                rows.push(sql);
+            }
         }
     }
 
@@ -1100,15 +1252,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            let row = measure("send_raw", c, a.warmup, a.duration, make).await?;
-            eprintln!(
-                "send_raw c={} {:.0} ops/s p50 {} ms p99 {} ms errors {}",
-                c,
-                row.ops_per_s,
-                fmt_ms(row.p50_ms),
-                fmt_ms(row.p99_ms),
-                row.errors
-            );
+            let row = measure("send_naive", c, a.warmup, a.duration, make).await?;
+            report(&row);
             match db {
                 RawDb::Pg(p) => p.close().await,
                 RawDb::Lite(p) => p.close().await,
@@ -1118,7 +1263,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                 .find(|r| r.scenario == "send" && r.concurrency == c)
                 && row.ops_per_s > 0.0
             {
-                send.confab_over_raw = Some(send.ops_per_s / row.ops_per_s);
+                send.confab_over_naive = Some(send.ops_per_s / row.ops_per_s);
             }
             rows.push(row);
         }
@@ -1139,7 +1284,75 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
+    if let Some(path) = &a.svg {
+        std::fs::write(path, latency_svg(&rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// p50, p95 and p99 of every row as bars on a logarithmic millisecond axis.
+fn latency_svg(rows: &[Row]) -> String {
+    let (left, top, height, slot) = (60.0, 30.0, 300.0, 42.0);
+    let (lo, hi) = (0.1f64.log10(), 1000f64.log10());
+    let y = |ms: f64| top + height * (1.0 - (ms.max(0.1).log10() - lo) / (hi - lo));
+    let width = left + slot * rows.len() as f64 + 20.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" \
+         font-family=\"sans-serif\" font-size=\"10\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"16\" font-size=\"12\">Latency per scenario (ms, log scale): \
+         p50, p95, p99</text>\n",
+        top + height + 110.0
+    );
+    for ms in [0.1, 1.0, 10.0, 100.0, 1000.0] {
+        svg += &format!(
+            "<line x1=\"{left}\" x2=\"{:.0}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{ms}</text>\n",
+            width - 20.0,
+            left - 4.0,
+            y(ms) + 3.0,
+            y = y(ms)
+        );
+    }
+    let colors = ["#4c78a8", "#f58518", "#e45756"];
+    for (i, r) in rows.iter().enumerate() {
+        let x0 = left + slot * i as f64 + 6.0;
+        for (k, ms) in [r.p50_ms, r.p95_ms, r.p99_ms].into_iter().enumerate() {
+            if ms.is_nan() {
+                continue;
+            }
+            let x = x0 + k as f64 * 10.0;
+            svg += &format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"9\" height=\"{:.1}\" fill=\"{}\">\
+                 <title>{} c={} p{}: {ms:.2} ms</title></rect>\n",
+                y(ms),
+                top + height - y(ms),
+                colors[k],
+                r.scenario,
+                r.concurrency,
+                [50, 95, 99][k]
+            );
+        }
+        svg += &format!(
+            "<text transform=\"translate({:.1},{:.1}) rotate(60)\">{} c={}</text>\n",
+            x0 + 4.0,
+            top + height + 8.0,
+            r.scenario,
+            r.concurrency
+        );
+    }
+    for (k, label) in ["p50", "p95", "p99"].iter().enumerate() {
+        let x = width - 170.0 + k as f64 * 50.0;
+        svg += &format!(
+            "<rect x=\"{x:.0}\" y=\"6\" width=\"10\" height=\"10\" fill=\"{}\"/>\
+             <text x=\"{:.0}\" y=\"15\">{label}</text>\n",
+            colors[k],
+            x + 13.0
+        );
+    }
+    svg + "</svg>\n"
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1247,31 +1460,10 @@ fn write_import_file(a: &ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU time (user + system, seconds) of a process from /proc/<pid>/stat.
-fn proc_cpu(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
 /// The process state letter (`R`, `S`, `Z`, …) from /proc/<pid>/stat.
 fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 2..].chars().next()
-}
-
-/// Resident set size (KiB) of a process from /proc/<pid>/status.
-fn proc_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Busy and total jiffies of the whole machine from /proc/stat.
@@ -1302,9 +1494,9 @@ struct ProcWatch {
 impl ProcWatch {
     fn start(pid: u32) -> anyhow::Result<ProcWatch> {
         let cpu_start =
-            proc_cpu(pid).with_context(|| format!("reading /proc/{pid}/stat (is it running?)"))?;
+            fanout::proc_cpu_seconds(pid).with_context(|| format!("reading /proc/{pid}/stat (is it running?)"))?;
         let peak_kib = Arc::new(std::sync::atomic::AtomicU64::new(
-            proc_rss_kib(pid).unwrap_or(0),
+            fanout::proc_status_kib(pid, "VmRSS").unwrap_or(0),
         ));
         let last_cpu = Arc::new(std::sync::Mutex::new(cpu_start));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1313,13 +1505,13 @@ impl ProcWatch {
             async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     // A zombie (exited, not yet reaped) still has its final CPU times.
-                    if let Some(c) = proc_cpu(pid) {
+                    if let Some(c) = fanout::proc_cpu_seconds(pid) {
                         *last.lock().unwrap() = c;
                     }
                     if proc_state(pid) == Some('Z') {
                         break;
                     }
-                    if let Some(r) = proc_rss_kib(pid) {
+                    if let Some(r) = fanout::proc_status_kib(pid, "VmRSS") {
                         peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1340,7 +1532,7 @@ impl ProcWatch {
     async fn finish(self) -> (f64, f64) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.task.await;
-        let cpu = proc_cpu(self.pid).unwrap_or(*self.last_cpu.lock().unwrap());
+        let cpu = fanout::proc_cpu_seconds(self.pid).unwrap_or(*self.last_cpu.lock().unwrap());
         (
             cpu - self.cpu_start,
             self.peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
