@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
+use serde::de::IgnoredAny as Ignored;
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
 
@@ -545,7 +546,10 @@ impl Ctx {
         format!("{}{path}", self.base)
     }
 
-    async fn check(res: reqwest::Response) -> Result<Value, String> {
+    /// The body of a successful answer, as `T`: the scenarios read their answers into types
+    /// that keep only what they check (`IgnoredAny` still reads all of it), so the load
+    /// generator, sharing the machine's cores with the server, builds no JSON trees.
+    async fn check<T: serde::de::DeserializeOwned>(res: reqwest::Response) -> Result<T, String> {
         let status = res.status();
         let body = res.bytes().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
@@ -558,7 +562,11 @@ impl Ctx {
         serde_json::from_slice(&body).map_err(|e| format!("bad json: {e}"))
     }
 
-    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, String> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, String> {
         let res = self
             .client
             .get(self.url(path))
@@ -570,7 +578,12 @@ impl Ctx {
         Self::check(res).await
     }
 
-    async fn post(&self, path: &str, user: &str, body: &Value) -> Result<Value, String> {
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        user: &str,
+        body: &Value,
+    ) -> Result<T, String> {
         let res = self
             .client
             .post(self.url(path))
@@ -591,7 +604,7 @@ impl Ctx {
     async fn init(&self, sc: Scenario, w: &mut Worker) -> Result<(), String> {
         if sc == Scenario::SyncIdle {
             let user = self.users.choose(&mut w.rng).expect("users").clone();
-            let v = self.get("/v1/sync", &[("as", user.clone())]).await?;
+            let v: Value = self.get("/v1/sync", &[("as", user.clone())]).await?;
             let token = v["next_token"]
                 .as_str()
                 .ok_or("sync without next_token")?
@@ -612,7 +625,7 @@ impl Ctx {
                     "text": format!("bench message {} from worker {}", w.n, w.id),
                 });
                 let path = format!("/v1/conversations/{}/messages", c.id);
-                self.post(&path, &user, &body).await.map(drop)
+                self.post::<Ignored>(&path, &user, &body).await.map(drop)
             }
             Scenario::Inbox | Scenario::InboxHeavy => {
                 let user = if sc == Scenario::Inbox {
@@ -620,13 +633,17 @@ impl Ctx {
                 } else {
                     self.heavy.clone()
                 };
-                let v = self
+                #[derive(serde::Deserialize)]
+                struct Inbox {
+                    conversations: Vec<Ignored>,
+                }
+                let inbox: Inbox = self
                     .get("/v1/conversations", &[("as", user), ("limit", "30".into())])
                     .await?;
-                v["conversations"]
-                    .as_array()
-                    .map(drop)
-                    .ok_or_else(|| "no conversations array".into())
+                if inbox.conversations.is_empty() {
+                    return Err("an empty inbox".into());
+                }
+                Ok(())
             }
             Scenario::Page | Scenario::PageBefore => {
                 let c = self.conv(w);
@@ -637,20 +654,25 @@ impl Ctx {
                     q.push(("before_seq", seq.to_string()));
                 }
                 let path = format!("/v1/conversations/{}/messages", c.id);
-                self.get(&path, &q).await.map(drop)
+                self.get::<Ignored>(&path, &q).await.map(drop)
             }
             Scenario::SyncIdle => {
                 let (user, token) = w.sync.as_ref().ok_or("sync not initialized")?;
-                let v = self
+                #[derive(serde::Deserialize)]
+                struct Sync {
+                    next_token: String,
+                    events: Vec<Ignored>,
+                }
+                let v: Sync = self
                     .get(
                         "/v1/sync",
                         &[("as", user.clone()), ("since", token.clone())],
                     )
                     .await?;
-                let next = v["next_token"]
-                    .as_str()
-                    .ok_or("sync without next_token")?
-                    .to_owned();
+                if !v.events.is_empty() {
+                    return Err("an idle sync found events".into());
+                }
+                let next = v.next_token;
                 if let Some(s) = w.sync.as_mut() {
                     s.1 = next;
                 }
@@ -660,7 +682,9 @@ impl Ctx {
                 let me = format!("bn{}w{}n{}a", self.run_id, w.id, w.n);
                 let other = format!("bn{}w{}n{}b", self.run_id, w.id, w.n);
                 let body = json!({"type": "direct", "member_ids": [other]});
-                self.post("/v1/conversations", &me, &body).await.map(drop)
+                self.post::<Ignored>("/v1/conversations", &me, &body)
+                    .await
+                    .map(drop)
             }
             Scenario::Healthz => {
                 let res = self
@@ -669,7 +693,7 @@ impl Ctx {
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
-                Self::check(res).await.map(drop)
+                Self::check::<Ignored>(res).await.map(drop)
             }
         }
     }
@@ -745,7 +769,7 @@ async fn create_fallback(ctx: &mut Ctx) -> anyhow::Result<()> {
             .json(&json!({"type": "group", "member_ids": members, "name": format!("bench {g}")}))
             .send()
             .await?;
-        let v = Ctx::check(res).await.map_err(anyhow::Error::msg)?;
+        let v: Value = Ctx::check(res).await.map_err(anyhow::Error::msg)?;
         let id = v["id"]
             .as_str()
             .context("created conversation without id")?;
@@ -973,7 +997,10 @@ impl WorkerOp for SqlOp {
                         limit: 30,
                         ..Default::default()
                     };
-                    self.store.list_conversations(&user, &filter).await.map(drop)
+                    self.store
+                        .list_conversations(&user, &filter)
+                        .await
+                        .map(drop)
                 }
                 Scenario::Page | Scenario::PageBefore => {
                     let c = self.ctx.conv(w);
@@ -984,7 +1011,10 @@ impl WorkerOp for SqlOp {
                         PageBound::Newest
                     };
                     let id = c.id.clone();
-                    self.store.page_messages(&user, &id, bound, 50).await.map(drop)
+                    self.store
+                        .page_messages(&user, &id, bound, 50)
+                        .await
+                        .map(drop)
                 }
                 _ => Ok(()),
             };
@@ -1046,8 +1076,18 @@ fn fmt_ms(x: f64) -> String {
 
 fn print_table(rows: &[Row]) {
     let header = [
-        "scenario", "conc", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "vs sql",
-        "vs naive", "srv cores", "srv MB",
+        "scenario",
+        "conc",
+        "ops/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "vs sql",
+        "vs naive",
+        "srv cores",
+        "srv MB",
     ];
     let ratio = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.2}x"));
     let cells: Vec<[String; 12]> = rows
@@ -1133,7 +1173,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         run_id,
     };
     // Fail early on a wrong URL or token.
-    ctx.get("/v1/conversations", &[("as", ctx.heavy.clone())])
+    ctx.get::<Ignored>("/v1/conversations", &[("as", ctx.heavy.clone())])
         .await
         .map_err(|e| anyhow::anyhow!("checking the server and token: {e}"))?;
     if scenarios.iter().any(|s| s.needs_conversations()) {
@@ -1218,7 +1258,13 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
                             n: 0,
                             sync: None,
                         };
-                        Ok(Box::new(SqlOp { ctx, store, writes, sc, w: worker }) as Box<dyn WorkerOp>)
+                        Ok(Box::new(SqlOp {
+                            ctx,
+                            store,
+                            writes,
+                            sc,
+                            w: worker,
+                        }) as Box<dyn WorkerOp>)
                     }
                 };
                 let name = format!("{}_sql", sc.name());
@@ -1493,8 +1539,8 @@ struct ProcWatch {
 
 impl ProcWatch {
     fn start(pid: u32) -> anyhow::Result<ProcWatch> {
-        let cpu_start =
-            fanout::proc_cpu_seconds(pid).with_context(|| format!("reading /proc/{pid}/stat (is it running?)"))?;
+        let cpu_start = fanout::proc_cpu_seconds(pid)
+            .with_context(|| format!("reading /proc/{pid}/stat (is it running?)"))?;
         let peak_kib = Arc::new(std::sync::atomic::AtomicU64::new(
             fanout::proc_status_kib(pid, "VmRSS").unwrap_or(0),
         ));

@@ -243,19 +243,25 @@ async fn list(
     State(state): State<AppState>,
     caller: Caller,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConversationList>> {
     let user = caller.user()?;
     let filter = list_filter(&state.keys, &params)?;
     let mut page = state.store.list_conversations(user, &filter).await?;
     members_presence(&state, &mut page.conversations);
-    let mut body = json!({
-        "conversations": page.conversations,
-        "next_cursor": page.next.as_ref().map(|c| encode_cursor(&state.keys, c)),
-    });
-    if let Some(total) = page.total {
-        body["total"] = json!(total);
-    }
-    Ok(Json(body))
+    Ok(Json(ConversationList {
+        next_cursor: page.next.as_ref().map(|c| encode_cursor(&state.keys, c)),
+        conversations: page.conversations,
+        total: page.total,
+    }))
+}
+
+/// A page of the caller's conversations, serialized straight from the rows.
+#[derive(serde::Serialize)]
+pub struct ConversationList {
+    conversations: Vec<crate::domain::Conversation>,
+    next_cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
 }
 
 /// The filter of `GET /v1/conversations` from its query parameters.

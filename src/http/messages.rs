@@ -47,6 +47,13 @@ pub async fn send_message(
     }
 }
 
+/// A page of messages, serialized straight from the rows (no JSON tree in between).
+#[derive(serde::Serialize)]
+pub struct MessagePage {
+    messages: Vec<Message>,
+    has_more: bool,
+}
+
 /// `POST /v1/conversations/{id}/messages`.
 #[utoipa::path(
     post,
@@ -137,11 +144,11 @@ async fn page(
     caller: Caller,
     Path(id): Path<String>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MessagePage>> {
     let user = caller.user()?;
     let (limit, bound) = page_params(&params)?;
     let (messages, has_more) = state.store.page_messages(user, &id, bound, limit).await?;
-    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+    Ok(Json(MessagePage { messages, has_more }))
 }
 
 /// The page size and bound of `GET /v1/conversations/{id}/messages`.

@@ -119,10 +119,15 @@ async fn sync(
     if after > upto || after < floor {
         return Err(ApiError::ResyncRequired);
     }
-    let changes = state
-        .store
-        .changes_for(user, after, upto, limit + 1)
-        .await?;
+    // Nothing committed since the token (the idle poll): no range to read.
+    let changes = if after == upto {
+        Vec::new()
+    } else {
+        state
+            .store
+            .changes_for(user, after, upto, limit + 1)
+            .await?
+    };
     let has_more = changes.len() > limit as usize;
     let page = &changes[..changes.len().min(limit as usize)];
     let next = match (page.last(), has_more) {
