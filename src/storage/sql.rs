@@ -1823,7 +1823,11 @@ macro_rules! sql_store {
                 // conversation -> (last_seq, last_message_at, last_message_id if moved)
                 let mut convs: HashMap<String, (i64, Option<i64>, Option<String>)> = HashMap::new();
                 let mut members: std::collections::HashSet<(String, String)> = Default::default();
-                for chunk in pairs.chunks(1000) {
+                // One statement whatever the batch size (at most 10,000 ops, 20,000 SQLite
+                // parameters): chunks would each lock in the database's collation order, not
+                // in one order across them.
+                {
+                    let chunk = &pairs[..];
                     self.tick(1);
                     let q = rows_query(
                         concat!(
