@@ -171,6 +171,8 @@ async fn worker(
         let write = store.write_batch_staged(&ops, staged);
         tokio::pin!(write);
         let result = tokio::select! {
+            // The write first: once it has finished, it must not be awaited again below.
+            biased;
             result = &mut write => result,
             _ = is_staged => {
                 drop(queue);
