@@ -62,6 +62,9 @@ fn error_value(code: &str, message: &str, field: Option<&str>) -> Value {
     e
 }
 
+/// Records written by one import from which the planner's statistics are refreshed at its end.
+pub const REFRESH_STATISTICS_AFTER: u64 = 10_000;
+
 /// Reads NDJSON from `body` and imports it; `report` gets every bad line, progress after each
 /// batch and the summary. A database failure stops the import (what was committed stays).
 pub async fn run<S, E>(
@@ -153,6 +156,12 @@ where
     }
     if pending > 0 {
         finish(start(store, batch), bus, &mut counts, &mut report).await?;
+    }
+    // Before the summary, so that listings are planned for the new data once it is reported.
+    if counts.users + counts.conversations + counts.messages >= REFRESH_STATISTICS_AFTER
+        && let Err(e) = store.refresh_statistics().await
+    {
+        tracing::warn!(error = %e, "could not refresh the planner's statistics after an import");
     }
     report(Report::Done { done: true, counts });
     Ok(counts)

@@ -378,6 +378,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch of sends and read marks in ONE transaction, in order. Per-op failures
     /// (not a member, …) fail only that op; a database failure fails them all.
+    /// Refreshes the planner's statistics after a bulk load: `analyze` on PostgreSQL, whose
+    /// autovacuum may get to it much later (after a 10,000,000-message import, a listing
+    /// planned on empty-table statistics sorted every conversation: 463 ms instead of a few).
+    /// Nothing on SQLite, whose plans for these queries need no statistics.
+    async fn refresh_statistics(&self) -> StoreResult<()>;
+
     async fn write_batch(&self, ops: &[WriteOp]) -> StoreResult<BatchResult> {
         let (staged, _) = tokio::sync::oneshot::channel();
         self.write_batch_staged(ops, staged).await

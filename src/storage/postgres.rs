@@ -78,6 +78,7 @@ super::sql::sql_store!(
     lock = "for update of c",
     skip_locked = "for update skip locked",
     migrate_lock = "select pg_advisory_xact_lock(7419)",
+    analyze = "analyze users, conversations, members, messages, changes",
     placeholder = '$'
 );
 

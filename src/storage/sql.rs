@@ -193,6 +193,7 @@ macro_rules! sql_store {
         lock = $lock:literal,
         skip_locked = $skip_locked:literal,
         migrate_lock = $migrate_lock:literal,
+        analyze = $analyze:literal,
         placeholder = $ph:literal
     ) => {
         use std::collections::HashMap;
@@ -1797,6 +1798,22 @@ macro_rules! sql_store {
             /// look up `client_id` replays and parents, insert the messages, move the
             /// conversations' last-message fields and the senders' read positions. Sends take
             /// their seqs in arrival order; read marks run after the sends, one at a time.
+            async fn refresh_statistics(&self) -> StoreResult<()> {
+                if $analyze.is_empty() {
+                    return Ok(());
+                }
+                self.tick(3);
+                // Not bound by CONFAB_DB_TIMEOUT: it reads samples of every table, and blocks
+                // neither reads nor writes meanwhile.
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                sqlx::query("set local statement_timeout = 0")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                sqlx::query($analyze).execute(&mut *tx).await.map_err(db_error)?;
+                tx.commit().await.map_err(db_error)
+            }
+
             async fn write_batch_staged(
                 &self,
                 ops: &[WriteOp],

@@ -99,6 +99,7 @@ super::sql::sql_store!(
     lock = "",
     skip_locked = "",
     migrate_lock = "select 1",
+    analyze = "",
     placeholder = '?'
 );
 

@@ -4,13 +4,58 @@
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::helpers::{Db, TestApp, spawn_app};
+use crate::helpers::{Db, TestApp, fresh_database, spawn_app, spawn_app_with, test_config};
 
 both!(
     import_streams_reports_and_is_idempotent,
     import_into_newer_history_renumbers,
     import_behind_live_messages_keeps_text_and_is_idempotent
 );
+
+/// After a large import PostgreSQL's statistics are fresh (its autovacuum may analyze much
+/// later, and listings would be planned for empty tables meanwhile); a small one leaves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_import_refreshes_planner_statistics() {
+    use sqlx::Connection;
+    let url = fresh_database(Db::Postgres).await;
+    let app = spawn_app_with(Db::Postgres, test_config(&url)).await;
+    let analyzed = || async {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_user_tables where relname = 'messages' \
+             and last_analyze is not null",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    };
+    let small = [
+        json!({"record": "conversation", "external_id": "s", "type": "direct", "member_ids": ["ann", "bob"]}).to_string(),
+        json!({"record": "message", "conversation_external_id": "s", "external_id": "s1", "sender_id": "ann", "text": "hi", "created_at": "2020-01-01T10:00:00.000Z"}).to_string(),
+    ]
+    .join("\n");
+    post_ndjson(&app, small).await;
+    assert_eq!(analyzed().await, 0, "a small import leaves the statistics");
+    let n = confab::import::REFRESH_STATISTICS_AFTER as usize;
+    let mut lines = vec![json!({"record": "conversation", "external_id": "big", "type": "direct", "member_ids": ["ann", "bob"]}).to_string()];
+    lines.extend((0..n).map(|i| {
+        json!({"record": "message", "conversation_external_id": "big", "external_id": format!("b{i}"),
+               "sender_id": "ann", "text": "old", "created_at": format!("2020-01-02T10:{:02}:{:02}.{:03}Z", i / 60000, (i / 1000) % 60, i % 1000)})
+        .to_string()
+    }));
+    let out = post_ndjson(&app, lines.join("\n")).await;
+    assert_eq!(
+        out.last().unwrap()["messages"],
+        json!(n),
+        "{:?}",
+        out.last()
+    );
+    assert_eq!(
+        analyzed().await,
+        1,
+        "a large import analyzes before its summary"
+    );
+}
 
 async fn post_ndjson(app: &TestApp, body: String) -> Vec<Value> {
     let res = app
