@@ -1875,6 +1875,16 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Counts the request and checks its token: Graph's error 190 for a wrong one.
+    fn admit(&self, q: &HashMap<String, String>) -> Option<axum::response::Response> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (q.get("access_token").map(String::as_str) != Some(FIXTURE_TOKEN))
+            .then(|| graph_error(190, "Error validating access token: Session has expired."))
+    }
+}
+
 fn limit_of(q: &HashMap<String, String>) -> usize {
     q.get("limit")
         .and_then(|l| l.parse().ok())
@@ -1888,10 +1898,8 @@ async fn fixture_conversations(
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    f.requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if q.get("access_token").map(String::as_str) != Some(FIXTURE_TOKEN) {
-        return graph_error(190, "Error validating access token: Session has expired.");
+    if let Some(refused) = f.admit(&q) {
+        return refused;
     }
     if node != f.page || q.get("platform").map(String::as_str) != Some("messenger") {
         return graph_error(100, "Unsupported get request.");
@@ -1924,10 +1932,8 @@ async fn fixture_messages(
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    f.requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if q.get("access_token").map(String::as_str) != Some(FIXTURE_TOKEN) {
-        return graph_error(190, "Error validating access token: Session has expired.");
+    if let Some(refused) = f.admit(&q) {
+        return refused;
     }
     let Some(&i) = f.by_id.get(&node) else {
         return graph_error(100, "Unsupported get request.");

@@ -231,27 +231,26 @@ impl PgStore {
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut failed = None;
         for r in rows {
-            copy_text(&mut buf, &r.id);
-            buf.push(b'\t');
-            copy_text(&mut buf, r.conversation_id);
-            buf.push(b'\t');
-            buf.extend_from_slice(r.seq.to_string().as_bytes());
-            buf.push(b'\t');
-            copy_opt(&mut buf, r.sender_id);
-            buf.push(b'\t');
-            copy_text(&mut buf, r.kind);
-            buf.push(b'\t');
-            copy_opt(&mut buf, r.text);
-            buf.push(b'\t');
-            copy_opt(&mut buf, r.encrypted.as_deref());
-            buf.push(b'\t');
-            copy_text(&mut buf, &r.attachments);
-            buf.push(b'\t');
-            copy_text(&mut buf, &r.custom);
-            buf.push(b'\t');
-            copy_text(&mut buf, r.external_id);
-            buf.push(b'\t');
-            buf.extend_from_slice(r.created_at.to_string().as_bytes());
+            let (seq, at) = (r.seq.to_string(), r.created_at.to_string());
+            let fields: [Option<&str>; 11] = [
+                Some(&r.id),
+                Some(r.conversation_id),
+                Some(&seq),
+                r.sender_id,
+                Some(r.kind),
+                r.text,
+                r.encrypted.as_deref(),
+                Some(r.attachments.as_ref()),
+                Some(r.custom.as_ref()),
+                Some(r.external_id),
+                Some(&at),
+            ];
+            for (k, field) in fields.into_iter().enumerate() {
+                if k > 0 {
+                    buf.push(b'\t');
+                }
+                copy_opt(&mut buf, field);
+            }
             buf.push(b'\n');
             if buf.len() >= 1 << 20 {
                 if let Err(e) = copy.send(std::mem::take(&mut buf)).await {
