@@ -14,6 +14,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     (1, "init", "0001_init.sql"),
     (2, "webhooks", "0002_webhooks.sql"),
     (3, "jobs", "0003_jobs.sql"),
+    (4, "member_activity", "0004_member_activity.sql"),
 );
 
 pub const POSTGRES: &[Migration] = migrations!("postgres":
@@ -21,6 +22,7 @@ pub const POSTGRES: &[Migration] = migrations!("postgres":
     (2, "webhooks", "0002_webhooks.sql"),
     (3, "jobs", "0003_jobs.sql"),
     (4, "bulk_writes", "0004_bulk_writes.sql"),
+    (5, "member_activity", "0005_member_activity.sql"),
 );
 
 pub const CREATE_TABLE: &str = "create table if not exists confab_migrations (

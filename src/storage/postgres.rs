@@ -79,6 +79,7 @@ super::sql::sql_store!(
     skip_locked = "for update skip locked",
     migrate_lock = "select pg_advisory_xact_lock(7419)",
     analyze = "analyze users, conversations, members, messages, changes",
+    json_agg = "json_agg",
     placeholder = '$'
 );
 
@@ -163,8 +164,9 @@ impl PgStore {
             .map_err(super::db_error)
     }
 
-    /// After an import batch's messages: the touched conversations' denormalized fields and
-    /// the read positions of members who had read everything, one statement each over arrays
+    /// After an import batch's messages: the touched conversations' denormalized fields, and
+    /// their members' activity times and (for members who had read everything) read
+    /// positions, one statement each over arrays
     /// (a join on the primary key, however many conversations).
     async fn update_touched(
         &self,
@@ -194,15 +196,20 @@ impl PgStore {
         .execute(&mut **tx)
         .await
         .map_err(super::db_error)?;
+        // Every member: the copy of the activity time; those who had read everything: the
+        // read position.
         sqlx::query(
-            "update members m set last_read_seq = v.read_to \
-             from unnest($1::text[], $2::int8[], $3::int8[]) as v(id, old_last, read_to) \
-             where m.conversation_id = v.id and m.last_read_seq >= v.old_last \
-             and m.last_read_seq < v.read_to",
+            "update members m set last_read_seq = case when m.last_read_seq >= v.old_last \
+               and m.last_read_seq < v.read_to then v.read_to else m.last_read_seq end, \
+             activity_at = greatest(m.activity_at, v.last_at) \
+             from unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) \
+               as v(id, old_last, read_to, last_at) \
+             where m.conversation_id = v.id",
         )
         .bind(&ids)
         .bind(touched.iter().map(|t| t.old_last).collect::<Vec<i64>>())
         .bind(touched.iter().map(|t| t.read_to).collect::<Vec<i64>>())
+        .bind(touched.iter().map(|t| t.last_at).collect::<Vec<i64>>())
         .execute(&mut **tx)
         .await
         .map_err(super::db_error)?;

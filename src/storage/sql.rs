@@ -169,6 +169,16 @@ pub(crate) struct ConvRow {
     pub updated_at: i64,
 }
 
+/// A conversation row with what a listing shows of it beyond the row: its last message, its
+/// tags and the caller's unread count (`LISTED_COLS`).
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    pub row: ConvRow,
+    pub last: Option<crate::domain::Message>,
+    pub tags: Vec<String>,
+    pub unread: i64,
+}
+
 impl ConvRow {
     /// The receiver-neutral snapshot recorded in the change log.
     pub fn snapshot(&self, tags: &[String]) -> Value {
@@ -194,6 +204,7 @@ macro_rules! sql_store {
         skip_locked = $skip_locked:literal,
         migrate_lock = $migrate_lock:literal,
         analyze = $analyze:literal,
+        json_agg = $json_agg:literal,
         placeholder = $ph:literal
     ) => {
         use std::collections::HashMap;
@@ -208,7 +219,7 @@ macro_rules! sql_store {
             UserInput,
         };
         use $crate::storage::sql::{
-            CONV_COLS, Col, ConvRow, ImportRow, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
+            CONV_COLS, Col, ConvRow, ImportRow, Listed, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
             json_text, like_pattern, now, parse_json,
         };
 
@@ -263,6 +274,60 @@ macro_rules! sql_store {
                 created_at: Timestamp(r.try_get("created_at")?),
                 edited_at: r.try_get::<Option<i64>, _>("edited_at")?.map(Timestamp),
                 deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
+            })
+        }
+
+        /// The columns a listed conversation adds to `CONV_COLS` (for the caller `$1`, whose
+        /// membership is `mb`): its last message (`lm_`), its tags as a JSON array and the
+        /// caller's exact unread count, so that a page costs one statement plus its members.
+        const LISTED_COLS: &str = concat!(
+            "lm.message_id as lm_message_id, lm.seq as lm_seq, lm.sender_id as lm_sender_id, \
+             lm.client_id as lm_client_id, lm.kind as lm_kind, lm.text as lm_text, \
+             lm.encrypted as lm_encrypted, lm.attachments as lm_attachments, \
+             lm.parent_id as lm_parent_id, lm.custom as lm_custom, lm.created_at as lm_created_at, \
+             lm.edited_at as lm_edited_at, lm.deleted_at as lm_deleted_at, \
+             (select coalesce(cast(",
+            $json_agg,
+            "(t.tag) as text), '[]') from conversation_tags t \
+               where t.conversation_id = c.conversation_id) as tags_json, \
+             case when c.last_seq > mb.last_read_seq then (select count(*) from messages m \
+               where m.conversation_id = c.conversation_id and m.seq > mb.last_read_seq \
+               and m.deleted_at is null and (m.sender_id is null or m.sender_id <> mb.user_id)) \
+             else 0 end as unread"
+        );
+
+        /// A row selected with `CONV_COLS` and `LISTED_COLS`.
+        fn listed_from(r: &$row) -> Result<Listed, sqlx::Error> {
+            let last = match r.try_get::<Option<String>, _>("lm_message_id")? {
+                None => None,
+                Some(id) => Some(Message {
+                    id,
+                    conversation_id: r.try_get("conversation_id")?,
+                    seq: r.try_get("lm_seq")?,
+                    sender_id: r.try_get("lm_sender_id")?,
+                    client_id: r.try_get("lm_client_id")?,
+                    kind: r.try_get("lm_kind")?,
+                    text: r.try_get("lm_text")?,
+                    encrypted: r
+                        .try_get::<Option<String>, _>("lm_encrypted")?
+                        .and_then(|s| serde_json::from_str(&s).ok()),
+                    attachments: parse_json(r.try_get("lm_attachments")?, json!([])),
+                    parent_id: r.try_get("lm_parent_id")?,
+                    custom: parse_json(r.try_get("lm_custom")?, json!({})),
+                    created_at: Timestamp(r.try_get("lm_created_at")?),
+                    edited_at: r.try_get::<Option<i64>, _>("lm_edited_at")?.map(Timestamp),
+                    deleted_at: r.try_get::<Option<i64>, _>("lm_deleted_at")?.map(Timestamp),
+                }),
+            };
+            let mut tags: Vec<String> =
+                serde_json::from_str(r.try_get::<String, _>("tags_json")?.as_str())
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?;
+            tags.sort_unstable();
+            Ok(Listed {
+                row: conv_from(r)?,
+                last,
+                tags,
+                unread: r.try_get("unread")?,
             })
         }
 
@@ -673,7 +738,7 @@ macro_rules! sql_store {
                     edited_at: None,
                     deleted_at: None,
                 };
-                self.tick(3);
+                self.tick(4);
                 sqlx::query(
                     "insert into messages (message_id, conversation_id, seq, sender_id, client_id, \
                      kind, text, encrypted, attachments, parent_id, custom, created_at) \
@@ -705,6 +770,13 @@ macro_rules! sql_store {
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
+                // The members' copies of the activity time (the conversation list's order).
+                sqlx::query("update members set activity_at = $2 where conversation_id = $1")
+                    .bind(&conv.id)
+                    .bind(t)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
                 if let Some(reader) = reader {
                     sqlx::query(
                         "update members set last_read_seq = $3 \
@@ -897,14 +969,14 @@ macro_rules! sql_store {
             async fn hydrate(
                 &self,
                 caller: &str,
-                rows: Vec<ConvRow>,
+                rows: Vec<Listed>,
             ) -> StoreResult<Vec<Conversation>> {
                 if rows.is_empty() {
                     return Ok(Vec::new());
                 }
-                let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                let ids: Vec<&str> = rows.iter().map(|r| r.row.id.as_str()).collect();
                 let n = ids.len();
-                self.tick(4);
+                self.tick(1);
 
                 let sql = format!(
                     "select * from (select mb.conversation_id as mb_conversation_id, \
@@ -937,45 +1009,9 @@ macro_rules! sql_store {
                     });
                 }
 
-                let last_ids: Vec<&str> =
-                    rows.iter().filter_map(|r| r.last_message_id.as_deref()).collect();
-                let mut last: HashMap<String, Message> = HashMap::new();
-                if !last_ids.is_empty() {
-                    let sql = format!(
-                        "select {MSG_COLS} from messages m where m.message_id in ({})",
-                        params(1, last_ids.len())
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for id in &last_ids {
-                        q = q.bind(*id);
-                    }
-                    for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
-                        let m = message_from(&r).map_err(db_error)?;
-                        last.insert(m.conversation_id.clone(), m);
-                    }
-                }
-
-                let sql = format!(
-                    "select conversation_id, tag from conversation_tags \
-                     where conversation_id in ({}) order by conversation_id, tag",
-                    params(1, n)
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for id in &ids {
-                    q = q.bind(*id);
-                }
-                let mut tags: HashMap<String, Vec<String>> = HashMap::new();
-                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
-                    tags.entry(r.try_get(0).map_err(db_error)?)
-                        .or_default()
-                        .push(r.try_get(1).map_err(db_error)?);
-                }
-
-                let unread = self.unread_counts(caller, Some(&ids)).await?;
-
                 Ok(rows
                     .into_iter()
-                    .map(|r| {
+                    .map(|Listed { row: r, last, tags, unread }| {
                         let members = members.remove(&r.id).unwrap_or_default();
                         let (mut name, mut image_url) = (r.name.clone(), r.image_url.clone());
                         if r.kind == "direct" && !caller.is_empty() {
@@ -985,9 +1021,9 @@ macro_rules! sql_store {
                             }
                         }
                         Conversation {
-                            unread_count: unread.get(&r.id).copied().unwrap_or(0),
-                            last_message: last.remove(&r.id),
-                            tags: tags.remove(&r.id).unwrap_or_default(),
+                            unread_count: unread,
+                            last_message: last,
+                            tags,
                             id: r.id,
                             kind: r.kind,
                             name,
@@ -1007,8 +1043,6 @@ macro_rules! sql_store {
                     .collect())
             }
 
-            /// Exact unread counts of `user` (in `only` when given), non-zero only. Counts
-            /// only the messages past each read position, never a whole conversation.
             async fn unread_counts(
                 &self,
                 user: &str,
@@ -1308,8 +1342,9 @@ macro_rules! sql_store {
                 }
                 self.tick(1);
                 let sql = format!(
-                    "insert into members (conversation_id, user_id, role, joined_at) values {}",
-                    tuples(1, new.member_ids.len(), 4)
+                    "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
+                     values {}",
+                    tuples(1, new.member_ids.len(), 5)
                 );
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 for m in &new.member_ids {
@@ -1318,7 +1353,7 @@ macro_rules! sql_store {
                     } else {
                         "member"
                     };
-                    q = q.bind(&id).bind(m).bind(role).bind(t);
+                    q = q.bind(&id).bind(m).bind(role).bind(t).bind(t);
                 }
                 // last_read_seq takes its default (0): a new conversation has no messages.
                 q.execute(&mut *tx).await.map_err(db_error)?;
@@ -1384,8 +1419,9 @@ macro_rules! sql_store {
                 }
                 self.tick(1);
                 let sql = format!(
-                    "select {CONV_COLS} from conversations c left join members mb \
+                    "select {CONV_COLS}, {LISTED_COLS} from conversations c left join members mb \
                      on mb.conversation_id = c.conversation_id and mb.user_id = $1 \
+                     left join messages lm on lm.message_id = c.last_message_id \
                      where c.conversation_id in ({}) {}",
                     params(2, ids.len()),
                     if caller.is_some() { "and mb.user_id is not null" } else { "" }
@@ -1394,12 +1430,12 @@ macro_rules! sql_store {
                 for id in ids {
                     q = q.bind(id);
                 }
-                let mut rows: HashMap<String, ConvRow> = HashMap::new();
+                let mut rows: HashMap<String, Listed> = HashMap::new();
                 for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
-                    let c = conv_from(&r).map_err(db_error)?;
-                    rows.insert(c.id.clone(), c);
+                    let c = listed_from(&r).map_err(db_error)?;
+                    rows.insert(c.row.id.clone(), c);
                 }
-                let ordered: Vec<ConvRow> = ids.iter().filter_map(|id| rows.remove(id)).collect();
+                let ordered: Vec<Listed> = ids.iter().filter_map(|id| rows.remove(id)).collect();
                 let mut out = self.hydrate(caller.unwrap_or(""), ordered).await?;
                 if let (Some(caller), true) = (caller, messages > 0) {
                     for c in &mut out {
@@ -1417,7 +1453,9 @@ macro_rules! sql_store {
                 caller: &str,
                 f: &ListFilter,
             ) -> StoreResult<ConversationPage> {
-                // Filters shared by the page and the total; `$1` is the caller.
+                // Filters shared by the page and the total; `$1` is the caller. The order and the
+                // bounds use the membership's copy of the activity time: a page is a walk of
+                // `members_by_activity`, however many conversations the caller is in.
                 let mut wh = String::from("mb.user_id = $1");
                 let mut args: Vec<Value> = vec![json!(caller)];
                 fn arg(args: &mut Vec<Value>, v: Value) -> String {
@@ -1428,10 +1466,10 @@ macro_rules! sql_store {
                     wh += &format!(" and c.kind = {}", arg(&mut args, json!(k)));
                 }
                 if let Some(t) = f.updated_after {
-                    wh += &format!(" and c.activity_at >= {}", arg(&mut args, json!(t.0)));
+                    wh += &format!(" and mb.activity_at >= {}", arg(&mut args, json!(t.0)));
                 }
                 if let Some(t) = f.updated_before {
-                    wh += &format!(" and c.activity_at <= {}", arg(&mut args, json!(t.0)));
+                    wh += &format!(" and mb.activity_at <= {}", arg(&mut args, json!(t.0)));
                 }
                 if !f.tags.is_empty() {
                     let ps: Vec<String> =
@@ -1472,14 +1510,15 @@ macro_rules! sql_store {
                     let a = arg(&mut args, json!(at));
                     let i = arg(&mut args, json!(id));
                     wh += &format!(
-                        " and (c.activity_at < {a} or (c.activity_at = {a} and c.conversation_id < {i}))"
+                        " and (mb.activity_at < {a} or (mb.activity_at = {a} and mb.conversation_id < {i}))"
                     );
                 }
                 let lim = arg(&mut args, json!(f.limit as i64 + 1));
                 let sql = format!(
-                    "select {CONV_COLS}, mb.last_read_seq as my_last_read_seq \
+                    "select {CONV_COLS}, {LISTED_COLS} \
                      from members mb join conversations c on c.conversation_id = mb.conversation_id \
-                     where {wh} order by c.activity_at desc, c.conversation_id desc limit {lim}"
+                     left join messages lm on lm.message_id = c.last_message_id \
+                     where {wh} order by mb.activity_at desc, mb.conversation_id desc limit {lim}"
                 );
                 fn bind_all<'q>(
                     mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
@@ -1501,13 +1540,13 @@ macro_rules! sql_store {
                     .map_err(db_error)?;
                 let mut rows = fetched
                     .iter()
-                    .map(conv_from)
+                    .map(listed_from)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(db_error)?;
                 let more = rows.len() > f.limit as usize;
                 rows.truncate(f.limit as usize);
                 let next = if more {
-                    rows.last().map(|r| (r.activity_at, r.id.clone()))
+                    rows.last().map(|r| (r.row.activity_at, r.row.id.clone()))
                 } else {
                     None
                 };
@@ -1663,13 +1702,19 @@ macro_rules! sql_store {
                 for chunk in user_ids.chunks(500) {
                     self.tick(1);
                     let sql = format!(
-                        "insert into members (conversation_id, user_id, role, last_read_seq, joined_at) \
-                         values {} on conflict do nothing returning user_id",
-                        tuples(1, chunk.len(), 5)
+                        "insert into members (conversation_id, user_id, role, last_read_seq, joined_at, \
+                         activity_at) values {} on conflict do nothing returning user_id",
+                        tuples(1, chunk.len(), 6)
                     );
                     let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
                     for u in chunk {
-                        q = q.bind(id).bind(u).bind("member").bind(conv.last_seq).bind(t);
+                        q = q
+                            .bind(id)
+                            .bind(u)
+                            .bind("member")
+                            .bind(conv.last_seq)
+                            .bind(t)
+                            .bind(conv.activity_at);
                     }
                     added.extend(q.fetch_all(&mut *tx).await.map_err(db_error)?);
                 }
@@ -2051,6 +2096,19 @@ macro_rules! sql_store {
                             Col::Text(chunk.iter().map(|m| m.0.as_str()).collect()),
                             Col::Int(chunk.iter().map(|m| m.1).collect()),
                             Col::Text(chunk.iter().map(|m| m.3.as_str()).collect()),
+                            Col::Int(chunk.iter().map(|m| m.2).collect()),
+                        ],
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    // The members' copies of the activity time (the conversation list's order).
+                    self.tick(1);
+                    rows_query(
+                        "with v(cid, t) as ({rows}) update members set activity_at = v.t \
+                         from v where members.conversation_id = v.cid",
+                        vec![
+                            Col::Text(chunk.iter().map(|m| m.0.as_str()).collect()),
                             Col::Int(chunk.iter().map(|m| m.2).collect()),
                         ],
                     )
@@ -2617,13 +2675,13 @@ macro_rules! sql_store {
                     for chunk in rows.chunks(1000) {
                         self.tick(1);
                         let sql = format!(
-                            "insert into members (conversation_id, user_id, role, joined_at) values {} \
-                             on conflict do nothing",
-                            tuples(1, chunk.len(), 4)
+                            "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
+                             values {} on conflict do nothing",
+                            tuples(1, chunk.len(), 5)
                         );
                         let mut q = sqlx::query(AssertSqlSafe(sql));
                         for (c, u, role, at) in chunk {
-                            q = q.bind(*c).bind(*u).bind(*role).bind(*at);
+                            q = q.bind(*c).bind(*u).bind(*role).bind(*at).bind(*at);
                         }
                         q.execute(&mut *tx).await.map_err(db_error)?;
                     }

@@ -100,6 +100,7 @@ super::sql::sql_store!(
     skip_locked = "",
     migrate_lock = "select 1",
     analyze = "",
+    json_agg = "json_group_array",
     placeholder = '?'
 );
 
@@ -152,8 +153,9 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// After an import batch's messages: the touched conversations' denormalized fields and
-    /// the read positions of members who had read everything, in 500-row statements.
+    /// After an import batch's messages: the touched conversations' denormalized fields, and
+    /// their members' activity times and (for members who had read everything) read
+    /// positions, in 500-row statements.
     async fn update_touched(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -188,15 +190,23 @@ impl SqliteStore {
                     .bind(t.last_at);
             }
             q.execute(&mut **tx).await.map_err(super::db_error)?;
+            // Every member: the copy of the activity time; those who had read everything: the
+            // read position.
             let sql = format!(
-                "update members set last_read_seq = v.column3 from (values {}) as v \
-                 where members.conversation_id = v.column1 and members.last_read_seq >= v.column2 \
-                 and members.last_read_seq < v.column3",
-                values(3)
+                "update members set last_read_seq = case when members.last_read_seq >= v.column2 \
+                   and members.last_read_seq < v.column3 then v.column3 \
+                   else members.last_read_seq end, \
+                 activity_at = max(members.activity_at, v.column4) \
+                 from (values {}) as v where members.conversation_id = v.column1",
+                values(4)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for t in chunk {
-                q = q.bind(&t.conversation_id).bind(t.old_last).bind(t.read_to);
+                q = q
+                    .bind(&t.conversation_id)
+                    .bind(t.old_last)
+                    .bind(t.read_to)
+                    .bind(t.last_at);
             }
             q.execute(&mut **tx).await.map_err(super::db_error)?;
         }

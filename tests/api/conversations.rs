@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, fresh_database, spawn_app, spawn_app_with, test_config};
 
 both!(
     create_direct_and_group,
@@ -9,6 +9,7 @@ both!(
     listing_filters_and_paging,
     get_with_messages_patch_and_tags,
     members_add_remove,
+    listing_order_follows_every_kind_of_activity,
 );
 
 fn ids(list: &Value) -> Vec<String> {
@@ -524,4 +525,142 @@ async fn members_add_remove(db: Db) {
     app.delete(&format!("/v1/conversations/{g}/members/nobody"), &a)
         .await
         .error(404, "not_found");
+}
+
+/// Memberships whose copy of the activity time (the listing's order) differs from their
+/// conversation's.
+async fn stale_activity_copies(db: Db, url: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = "select count(*) from members m join conversations c \
+               on c.conversation_id = m.conversation_id where m.activity_at <> c.activity_at";
+    match db {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+        }
+    }
+}
+
+/// The listing is ordered by the memberships' copies of the activity time: every writer that
+/// moves a conversation (create, send, member added, rename, import of newer and of older
+/// messages, a new imported conversation) moves the copies too, and keyset pages agree.
+async fn listing_order_follows_every_kind_of_activity(db: Db) {
+    let url = fresh_database(db).await;
+    let app = spawn_app_with(db, test_config(&url)).await;
+    app.users(&[("ann", "Ann"), ("bob", "Bob"), ("carl", "Carl")])
+        .await;
+    let a = app.user("ann");
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(5));
+    let mut made = Vec::new();
+    for x in ["x1", "x2", "x3"] {
+        let c = app
+            .post(
+                "/v1/conversations",
+                &a,
+                json!({"type": "group", "member_ids": ["bob"], "external_id": x}),
+            )
+            .await
+            .expect(201);
+        made.push(c["id"].as_str().unwrap().to_owned());
+        tick().await;
+    }
+    let (g1, g2, g3) = (made[0].clone(), made[1].clone(), made[2].clone());
+    let order = |who: &'static str| {
+        let app = &app;
+        async move {
+            let t = app.user(who);
+            let whole = ids(&app.get("/v1/conversations", &t).await.expect(200));
+            // The same order one page of one at a time.
+            let mut walked = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("/v1/conversations?limit=1&cursor={c}"),
+                    None => "/v1/conversations?limit=1".to_owned(),
+                };
+                let page = app.get(&path, &t).await.expect(200);
+                walked.extend(ids(&page));
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            assert_eq!(walked, whole, "keyset pages agree with the whole list");
+            whole
+        }
+    };
+    assert_eq!(order("ann").await, [g3.as_str(), g2.as_str(), g1.as_str()]);
+    app.send("bob", &g1, "s1", "hi").await;
+    tick().await;
+    assert_eq!(
+        order("ann").await,
+        [g1.as_str(), g3.as_str(), g2.as_str()],
+        "a send"
+    );
+    app.post(
+        &format!("/v1/conversations/{g2}/members"),
+        &a,
+        json!({"user_ids": ["carl"]}),
+    )
+    .await
+    .expect(200);
+    tick().await;
+    assert_eq!(
+        order("ann").await,
+        [g2.as_str(), g1.as_str(), g3.as_str()],
+        "a member added"
+    );
+    assert_eq!(order("carl").await, [g2.as_str()], "the new member's copy");
+    app.patch(
+        &format!("/v1/conversations/{g3}"),
+        &a,
+        json!({"name": "Renamed"}),
+    )
+    .await
+    .expect(200);
+    tick().await;
+    assert_eq!(
+        order("ann").await,
+        [g3.as_str(), g2.as_str(), g1.as_str()],
+        "a rename"
+    );
+    // An import: an old message into g3 moves nothing, a new one into g1 moves g1, and a new
+    // conversation with an old message lands last.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let lines = [
+        json!({"record": "message", "conversation_external_id": "x3", "external_id": "old",
+               "sender_id": "bob", "text": "old", "created_at": "2020-01-01T10:00:00.000Z"}),
+        json!({"record": "message", "conversation_external_id": "x1", "external_id": "new",
+               "sender_id": "bob", "text": "new", "created_at": now}),
+        json!({"record": "conversation", "external_id": "x4", "type": "group",
+               "member_ids": ["ann", "bob"], "created_at": "2020-01-01T09:00:00.000Z"}),
+        json!({"record": "message", "conversation_external_id": "x4", "external_id": "x4m",
+               "sender_id": "bob", "text": "older", "created_at": "2020-01-01T09:30:00.000Z"}),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let res = app
+        .client
+        .post(format!("{}/v1/import", app.base))
+        .bearer_auth(app.server())
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let summary = res.text().await.unwrap();
+    assert!(summary.contains("\"messages\":3"), "{summary}");
+    let listed = order("ann").await;
+    assert_eq!(
+        listed[..3],
+        [g1.as_str(), g3.as_str(), g2.as_str()],
+        "an import"
+    );
+    assert_eq!(listed.len(), 4, "the imported conversation is listed, last");
+    assert_eq!(stale_activity_copies(db, &url).await, 0);
 }
