@@ -176,7 +176,47 @@ pub(crate) struct Listed {
     pub row: ConvRow,
     pub last: Option<crate::domain::Message>,
     pub tags: Vec<String>,
+    pub members: Vec<crate::domain::Member>,
     pub unread: i64,
+}
+
+/// One element of a listed row's `members_json` (`LISTED_COLS`).
+#[derive(serde::Deserialize)]
+pub(crate) struct ListedMember {
+    user_id: String,
+    role: String,
+    last_read_seq: i64,
+    joined_at: i64,
+    name: String,
+    image_url: Option<String>,
+    kind: String,
+    custom: Option<String>,
+    last_seen_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl ListedMember {
+    pub fn into_member(self) -> crate::domain::Member {
+        use crate::domain::{Member, Timestamp, User};
+        Member {
+            role: self.role,
+            last_read_seq: self.last_read_seq,
+            joined_at: Timestamp(self.joined_at),
+            user: User {
+                id: self.user_id.clone(),
+                name: self.name,
+                image_url: self.image_url,
+                kind: self.kind,
+                custom: parse_json(self.custom, serde_json::json!({})),
+                online: false,
+                last_seen_at: self.last_seen_at.map(Timestamp),
+                created_at: Timestamp(self.created_at),
+                updated_at: Timestamp(self.updated_at),
+            },
+            user_id: self.user_id,
+        }
+    }
 }
 
 impl ConvRow {
@@ -205,6 +245,7 @@ macro_rules! sql_store {
         migrate_lock = $migrate_lock:literal,
         analyze = $analyze:literal,
         json_agg = $json_agg:literal,
+        json_object = $json_object:literal,
         placeholder = $ph:literal
     ) => {
         use std::collections::HashMap;
@@ -215,11 +256,11 @@ macro_rules! sql_store {
         use sqlx::{AssertSqlSafe, Row};
 
         use $crate::domain::{
-            Change, ChangeKind, Conversation, Member, Message, SendInput, Timestamp, User,
+            Change, ChangeKind, Conversation, Message, SendInput, Timestamp, User,
             UserInput,
         };
         use $crate::storage::sql::{
-            CONV_COLS, Col, ConvRow, ImportRow, Listed, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
+            CONV_COLS, Col, ConvRow, ImportRow, Listed, ListedMember, MSG_COLS, PendingChange, Touched, USER_COLS, json_cow,
             json_text, like_pattern, now, parse_json,
         };
 
@@ -278,8 +319,9 @@ macro_rules! sql_store {
         }
 
         /// The columns a listed conversation adds to `CONV_COLS` (for the caller `$1`, whose
-        /// membership is `mb`): its last message (`lm_`), its tags as a JSON array and the
-        /// caller's exact unread count, so that a page costs one statement plus its members.
+        /// membership is `mb`): its last message (`lm_`), its tags and first 20 members as
+        /// JSON arrays and the caller's exact unread count, so that a page is one statement
+        /// (and few rows: the SQLite driver hands each row across threads).
         const LISTED_COLS: &str = concat!(
             "lm.message_id as lm_message_id, lm.seq as lm_seq, lm.sender_id as lm_sender_id, \
              lm.client_id as lm_client_id, lm.kind as lm_kind, lm.text as lm_text, \
@@ -290,6 +332,20 @@ macro_rules! sql_store {
             $json_agg,
             "(t.tag) as text), '[]') from conversation_tags t \
                where t.conversation_id = c.conversation_id) as tags_json, \
+             (select coalesce(cast(",
+            $json_agg,
+            "(",
+            $json_object,
+            "('user_id', x.user_id, 'role', x.role, 'last_read_seq', x.last_read_seq, \
+               'joined_at', x.joined_at, 'name', x.name, 'image_url', x.image_url, \
+               'kind', x.kind, 'custom', x.custom, 'last_seen_at', x.last_seen_at, \
+               'created_at', x.created_at, 'updated_at', x.updated_at)) as text), '[]') \
+               from (select o.user_id, o.role, o.last_read_seq, o.joined_at, u.name, \
+               u.image_url, u.kind, u.custom, u.last_seen_at, u.created_at, u.updated_at \
+               from members o join users u on u.user_id = o.user_id \
+               where o.conversation_id = c.conversation_id \
+               order by case when o.user_id = $1 then 0 else 1 end, o.joined_at, o.user_id \
+               limit 20) x) as members_json, \
              case when c.last_seq > mb.last_read_seq then (select count(*) from messages m \
                where m.conversation_id = c.conversation_id and m.seq > mb.last_read_seq \
                and m.deleted_at is null and (m.sender_id is null or m.sender_id <> mb.user_id)) \
@@ -319,14 +375,19 @@ macro_rules! sql_store {
                     deleted_at: r.try_get::<Option<i64>, _>("lm_deleted_at")?.map(Timestamp),
                 }),
             };
+            let decode = |e: serde_json::Error| sqlx::Error::Decode(e.into());
             let mut tags: Vec<String> =
                 serde_json::from_str(r.try_get::<String, _>("tags_json")?.as_str())
-                    .map_err(|e| sqlx::Error::Decode(e.into()))?;
+                    .map_err(decode)?;
             tags.sort_unstable();
+            let members: Vec<ListedMember> =
+                serde_json::from_str(r.try_get::<String, _>("members_json")?.as_str())
+                    .map_err(decode)?;
             Ok(Listed {
                 row: conv_from(r)?,
                 last,
                 tags,
+                members: members.into_iter().map(ListedMember::into_member).collect(),
                 unread: r.try_get("unread")?,
             })
         }
@@ -966,53 +1027,18 @@ macro_rules! sql_store {
             /// Turns conversation rows into the caller's view: members (at most 20, the
             /// caller first), last messages, tags and unread counts. Four queries whatever
             /// the number of rows.
-            async fn hydrate(
-                &self,
-                caller: &str,
-                rows: Vec<Listed>,
-            ) -> StoreResult<Vec<Conversation>> {
-                if rows.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let ids: Vec<&str> = rows.iter().map(|r| r.row.id.as_str()).collect();
-                let n = ids.len();
-                self.tick(1);
-
-                let sql = format!(
-                    "select * from (select mb.conversation_id as mb_conversation_id, \
-                     mb.role as mb_role, mb.last_read_seq as mb_last_read_seq, \
-                     mb.joined_at as mb_joined_at, \
-                     u.user_id as u_user_id, u.name as u_name, u.image_url as u_image_url, \
-                     u.kind as u_kind, u.custom as u_custom, u.last_seen_at as u_last_seen_at, \
-                     u.created_at as u_created_at, u.updated_at as u_updated_at, \
-                     row_number() over (partition by mb.conversation_id order by \
-                       case when mb.user_id = $1 then 0 else 1 end, mb.joined_at, mb.user_id) as rn \
-                     from members mb join users u on u.user_id = mb.user_id \
-                     where mb.conversation_id in ({})) x where rn <= 20 \
-                     order by mb_conversation_id, rn",
-                    params(2, n)
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(caller);
-                for id in &ids {
-                    q = q.bind(*id);
-                }
-                let mut members: HashMap<String, Vec<Member>> = HashMap::new();
-                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
-                    let conv: String = r.try_get("mb_conversation_id").map_err(db_error)?;
-                    let user = user_from(&r, "u_").map_err(db_error)?;
-                    members.entry(conv).or_default().push(Member {
-                        user_id: user.id.clone(),
-                        role: r.try_get("mb_role").map_err(db_error)?,
-                        last_read_seq: r.try_get("mb_last_read_seq").map_err(db_error)?,
-                        joined_at: Timestamp(r.try_get("mb_joined_at").map_err(db_error)?),
-                        user,
-                    });
-                }
-
-                Ok(rows
+            /// The caller's view of listed rows: a direct conversation is named after the
+            /// other member, and the caller is the first member.
+            fn present(caller: &str, rows: Vec<Listed>) -> Vec<Conversation> {
+                rows
                     .into_iter()
-                    .map(|Listed { row: r, last, tags, unread }| {
-                        let members = members.remove(&r.id).unwrap_or_default();
+                    .map(|Listed { row: r, last, tags, mut members, unread }| {
+                        // Caller first, then by joining (the statement's order, kept here
+                        // whatever order a JSON aggregate keeps).
+                        members.sort_by(|a, b| {
+                            (a.user_id != caller, a.joined_at.0, &a.user_id)
+                                .cmp(&(b.user_id != caller, b.joined_at.0, &b.user_id))
+                        });
                         let (mut name, mut image_url) = (r.name.clone(), r.image_url.clone());
                         if r.kind == "direct" && !caller.is_empty() {
                             if let Some(other) = members.iter().find(|m| m.user_id != caller) {
@@ -1040,7 +1066,7 @@ macro_rules! sql_store {
                             messages: None,
                         }
                     })
-                    .collect())
+                    .collect()
             }
 
             async fn unread_counts(
@@ -1436,7 +1462,7 @@ macro_rules! sql_store {
                     rows.insert(c.row.id.clone(), c);
                 }
                 let ordered: Vec<Listed> = ids.iter().filter_map(|id| rows.remove(id)).collect();
-                let mut out = self.hydrate(caller.unwrap_or(""), ordered).await?;
+                let mut out = Self::present(caller.unwrap_or(""), ordered);
                 if let (Some(caller), true) = (caller, messages > 0) {
                     for c in &mut out {
                         let (page, _) = self
@@ -1566,7 +1592,7 @@ macro_rules! sql_store {
                 } else {
                     None
                 };
-                let conversations = self.hydrate(caller, rows).await?;
+                let conversations = Self::present(caller, rows);
                 Ok(ConversationPage {
                     conversations,
                     next,

@@ -101,6 +101,7 @@ super::sql::sql_store!(
     migrate_lock = "select 1",
     analyze = "",
     json_agg = "json_group_array",
+    json_object = "json_object",
     placeholder = '?'
 );
 

@@ -10,6 +10,7 @@ both!(
     get_with_messages_patch_and_tags,
     members_add_remove,
     listing_order_follows_every_kind_of_activity,
+    listed_members_capped_caller_first,
 );
 
 fn ids(list: &Value) -> Vec<String> {
@@ -663,4 +664,43 @@ async fn listing_order_follows_every_kind_of_activity(db: Db) {
     );
     assert_eq!(listed.len(), 4, "the imported conversation is listed, last");
     assert_eq!(stale_activity_copies(db, &url).await, 0);
+}
+
+/// `members` holds at most 20 entries, the caller first and then by joining (ties by id), with
+/// their users; `member_count` is exact. The same in a listing and in a single get.
+async fn listed_members_capped_caller_first(db: Db) {
+    let app = spawn_app(db).await;
+    app.users(&[("ann", "Ann")]).await;
+    let others: Vec<String> = (0..24).map(|i| format!("u{i:02}")).collect();
+    let refs: Vec<&str> = others.iter().map(String::as_str).collect();
+    let g = app.conversation("ann", "group", &refs).await;
+    app.put(
+        "/v1/users",
+        &app.server(),
+        json!({"users": [{"id": "ann", "name": "Ann", "custom": {"tier": "gold"}}]}),
+    )
+    .await
+    .expect(200);
+    let t = app.user("u23");
+    let listed = app.get("/v1/conversations", &t).await.expect(200);
+    let one = app
+        .get(&format!("/v1/conversations/{g}"), &t)
+        .await
+        .expect(200);
+    for c in [&listed["conversations"][0], &one] {
+        assert_eq!(c["member_count"], 25);
+        let ms: Vec<&str> = c["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_str().unwrap())
+            .collect();
+        let mut want = vec!["u23", "ann"];
+        want.extend(refs[..18].iter().copied());
+        assert_eq!(ms, want, "caller first, then by joining and id, 20 at most");
+        assert_eq!(c["members"][1]["role"], "owner");
+        assert_eq!(c["members"][1]["user"]["name"], "Ann");
+        assert_eq!(c["members"][1]["user"]["custom"], json!({"tier": "gold"}));
+        assert_eq!(c["members"][0]["role"], "member");
+    }
 }
