@@ -2128,31 +2128,43 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error)?;
-                    // The members' copies of the activity time (the conversation list's order).
-                    self.tick(1);
-                    rows_query(
-                        "with v(cid, t) as ({rows}) update members set activity_at = v.t \
-                         from v where members.conversation_id = v.cid",
-                        vec![
-                            Col::Text(chunk.iter().map(|m| m.0.as_str()).collect()),
-                            Col::Int(chunk.iter().map(|m| m.2).collect()),
-                        ],
-                    )
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
                 }
-                let reads: Vec<(&(&str, &str), &i64)> = read_to.iter().collect();
-                for chunk in reads.chunks(1000) {
+                // Every member of a moved conversation: the copy of its activity time (the
+                // conversation list's order); each sender: its read position up to its send.
+                // One statement writes each member row once (on PostgreSQL a second update
+                // of the row is a second row version).
+                let t_of: HashMap<&str, i64> = moved.iter().map(|m| (m.0.as_str(), m.2)).collect();
+                let mut members_rows: Vec<(&str, i64, &str, i64)> = read_to
+                    .iter()
+                    .map(|(&(cid, uid), &s)| (cid, t_of.get(cid).copied().unwrap_or(0), uid, s))
+                    .collect();
+                let read_in: std::collections::HashSet<&str> =
+                    read_to.keys().map(|k| k.0).collect();
+                members_rows.extend(
+                    moved
+                        .iter()
+                        .filter(|m| !read_in.contains(m.0.as_str()))
+                        .map(|m| (m.0.as_str(), m.2, "", 0)),
+                );
+                for chunk in members_rows.chunks(1000) {
                     self.tick(1);
                     rows_query(
-                        "with v(cid, uid, s) as ({rows}) update members set last_read_seq = v.s \
-                         from v where members.conversation_id = v.cid and members.user_id = v.uid \
-                         and members.last_read_seq < v.s",
+                        "with v(cid, t, uid, s) as ({rows}), \
+                         x as (select m.conversation_id as cid, m.user_id as uid, max(v.t) as t, \
+                           max(case when v.uid = m.user_id then v.s else 0 end) as s \
+                           from v join members m on m.conversation_id = v.cid \
+                           group by m.conversation_id, m.user_id) \
+                         update members set \
+                           activity_at = case when x.t > members.activity_at then x.t \
+                             else members.activity_at end, \
+                           last_read_seq = case when x.s > members.last_read_seq then x.s \
+                             else members.last_read_seq end \
+                         from x where members.conversation_id = x.cid and members.user_id = x.uid",
                         vec![
-                            Col::Text(chunk.iter().map(|r| r.0.0).collect()),
-                            Col::Text(chunk.iter().map(|r| r.0.1).collect()),
-                            Col::Int(chunk.iter().map(|r| *r.1).collect()),
+                            Col::Text(chunk.iter().map(|r| r.0).collect()),
+                            Col::Int(chunk.iter().map(|r| r.1).collect()),
+                            Col::Text(chunk.iter().map(|r| r.2).collect()),
+                            Col::Int(chunk.iter().map(|r| r.3).collect()),
                         ],
                     )
                     .execute(&mut *tx)
