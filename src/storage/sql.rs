@@ -170,7 +170,7 @@ pub(crate) struct ConvRow {
 }
 
 /// A conversation row with what a listing shows of it beyond the row: its last message, its
-/// tags and the caller's unread count (`LISTED_COLS`).
+/// tags, its first members and the caller's unread count (`LISTED_COLS`).
 #[derive(Debug, Clone)]
 pub(crate) struct Listed {
     pub row: ConvRow,
@@ -298,23 +298,31 @@ macro_rules! sql_store {
         }
 
         fn message_from(r: &$row) -> Result<Message, sqlx::Error> {
+            message_from_prefixed(r, "")
+        }
+
+        /// A message from columns named with `p` before each name (`lm_` in a listing).
+        fn message_from_prefixed(r: &$row, p: &str) -> Result<Message, sqlx::Error> {
+            let col = |c: &'static str| -> std::borrow::Cow<'static, str> {
+                if p.is_empty() { c.into() } else { format!("{p}{c}").into() }
+            };
             Ok(Message {
-                id: r.try_get("message_id")?,
-                conversation_id: r.try_get("conversation_id")?,
-                seq: r.try_get("seq")?,
-                sender_id: r.try_get("sender_id")?,
-                client_id: r.try_get("client_id")?,
-                kind: r.try_get("kind")?,
-                text: r.try_get("text")?,
+                id: r.try_get(&*col("message_id"))?,
+                conversation_id: r.try_get(&*col("conversation_id"))?,
+                seq: r.try_get(&*col("seq"))?,
+                sender_id: r.try_get(&*col("sender_id"))?,
+                client_id: r.try_get(&*col("client_id"))?,
+                kind: r.try_get(&*col("kind"))?,
+                text: r.try_get(&*col("text"))?,
                 encrypted: r
-                    .try_get::<Option<String>, _>("encrypted")?
+                    .try_get::<Option<String>, _>(&*col("encrypted"))?
                     .and_then(|s| serde_json::from_str(&s).ok()),
-                attachments: parse_json(r.try_get("attachments")?, json!([])),
-                parent_id: r.try_get("parent_id")?,
-                custom: parse_json(r.try_get("custom")?, json!({})),
-                created_at: Timestamp(r.try_get("created_at")?),
-                edited_at: r.try_get::<Option<i64>, _>("edited_at")?.map(Timestamp),
-                deleted_at: r.try_get::<Option<i64>, _>("deleted_at")?.map(Timestamp),
+                attachments: parse_json(r.try_get(&*col("attachments"))?, json!([])),
+                parent_id: r.try_get(&*col("parent_id"))?,
+                custom: parse_json(r.try_get(&*col("custom"))?, json!({})),
+                created_at: Timestamp(r.try_get(&*col("created_at"))?),
+                edited_at: r.try_get::<Option<i64>, _>(&*col("edited_at"))?.map(Timestamp),
+                deleted_at: r.try_get::<Option<i64>, _>(&*col("deleted_at"))?.map(Timestamp),
             })
         }
 
@@ -323,7 +331,8 @@ macro_rules! sql_store {
         /// JSON arrays and the caller's exact unread count, so that a page is one statement
         /// (and few rows: the SQLite driver hands each row across threads).
         const LISTED_COLS: &str = concat!(
-            "lm.message_id as lm_message_id, lm.seq as lm_seq, lm.sender_id as lm_sender_id, \
+            "lm.message_id as lm_message_id, lm.conversation_id as lm_conversation_id, \
+             lm.seq as lm_seq, lm.sender_id as lm_sender_id, \
              lm.client_id as lm_client_id, lm.kind as lm_kind, lm.text as lm_text, \
              lm.encrypted as lm_encrypted, lm.attachments as lm_attachments, \
              lm.parent_id as lm_parent_id, lm.custom as lm_custom, lm.created_at as lm_created_at, \
@@ -356,24 +365,7 @@ macro_rules! sql_store {
         fn listed_from(r: &$row) -> Result<Listed, sqlx::Error> {
             let last = match r.try_get::<Option<String>, _>("lm_message_id")? {
                 None => None,
-                Some(id) => Some(Message {
-                    id,
-                    conversation_id: r.try_get("conversation_id")?,
-                    seq: r.try_get("lm_seq")?,
-                    sender_id: r.try_get("lm_sender_id")?,
-                    client_id: r.try_get("lm_client_id")?,
-                    kind: r.try_get("lm_kind")?,
-                    text: r.try_get("lm_text")?,
-                    encrypted: r
-                        .try_get::<Option<String>, _>("lm_encrypted")?
-                        .and_then(|s| serde_json::from_str(&s).ok()),
-                    attachments: parse_json(r.try_get("lm_attachments")?, json!([])),
-                    parent_id: r.try_get("lm_parent_id")?,
-                    custom: parse_json(r.try_get("lm_custom")?, json!({})),
-                    created_at: Timestamp(r.try_get("lm_created_at")?),
-                    edited_at: r.try_get::<Option<i64>, _>("lm_edited_at")?.map(Timestamp),
-                    deleted_at: r.try_get::<Option<i64>, _>("lm_deleted_at")?.map(Timestamp),
-                }),
+                Some(_) => Some(message_from_prefixed(r, "lm_")?),
             };
             let decode = |e: serde_json::Error| sqlx::Error::Decode(e.into());
             let mut tags: Vec<String> =
