@@ -75,12 +75,12 @@ pub struct AppShared {
     /// Imports and source jobs running at once.
     pub import_slots: Arc<tokio::sync::Semaphore>,
     /// Users recently seen active, so a request's auth needs no query (see `user_state`).
-    active_users: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+    active_users: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
     /// Set while the database does not answer a ping: requests are answered 503 at once
     /// instead of each waiting `CONFAB_DB_TIMEOUT` (see `database_trouble`).
-    db_down: Arc<std::sync::atomic::AtomicBool>,
+    db_down: std::sync::atomic::AtomicBool,
     /// Whether a task is probing the database.
-    db_probing: Arc<std::sync::atomic::AtomicBool>,
+    db_probing: std::sync::atomic::AtomicBool,
 }
 
 /// How long an active user is trusted without asking the database. Deactivation clears the
@@ -111,9 +111,9 @@ impl AppState {
             presence,
             realtime: Arc::default(),
             import_slots: Arc::new(tokio::sync::Semaphore::new(2)),
-            active_users: Arc::default(),
-            db_down: Arc::default(),
-            db_probing: Arc::default(),
+            active_users: Default::default(),
+            db_down: Default::default(),
+            db_probing: Default::default(),
         }))
     }
 
