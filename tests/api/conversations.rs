@@ -644,18 +644,8 @@ async fn listing_order_follows_every_kind_of_activity(db: Db) {
     ]
     .map(|l| l.to_string())
     .join("\n");
-    let res = app
-        .client
-        .post(format!("{}/v1/import", app.base))
-        .bearer_auth(app.server())
-        .header("content-type", "application/x-ndjson")
-        .body(lines)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let summary = res.text().await.unwrap();
-    assert!(summary.contains("\"messages\":3"), "{summary}");
+    let out = app.import_ndjson(lines).await;
+    assert_eq!(out.last().unwrap()["messages"], 3, "{out:?}");
     let listed = order("ann").await;
     assert_eq!(
         listed[..3],

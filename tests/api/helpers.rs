@@ -225,6 +225,28 @@ impl TestApp {
     }
 
     /// Sends `text` as `from`; returns the message.
+    /// Streams NDJSON to `POST /v1/import` with the server token; its progress lines and the
+    /// summary (the last line).
+    pub async fn import_ndjson(&self, body: String) -> Vec<Value> {
+        let res = self
+            .client
+            .post(format!("{}/v1/import", self.base))
+            .bearer_auth(self.server())
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+        res.text()
+            .await
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     pub async fn send(&self, from: &str, conversation: &str, client_id: &str, text: &str) -> Value {
         self.post(
             &format!("/v1/conversations/{conversation}/messages"),

@@ -1,10 +1,10 @@
 //! `POST /v1/import` and `confab import`: streamed NDJSON, bad lines by number, idempotent,
 //! seqs in created_at order, imported data visible in listings, unread and sync.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::both;
-use crate::helpers::{Db, TestApp, fresh_database, spawn_app, spawn_app_with, test_config};
+use crate::helpers::{Db, fresh_database, spawn_app, spawn_app_with, test_config};
 
 both!(
     import_streams_reports_and_is_idempotent,
@@ -34,7 +34,7 @@ async fn large_import_refreshes_planner_statistics() {
         json!({"record": "message", "conversation_external_id": "s", "external_id": "s1", "sender_id": "ann", "text": "hi", "created_at": "2020-01-01T10:00:00.000Z"}).to_string(),
     ]
     .join("\n");
-    post_ndjson(&app, small).await;
+    app.import_ndjson(small).await;
     assert_eq!(analyzed().await, 0, "a small import leaves the statistics");
     let n = confab::import::REFRESH_STATISTICS_AFTER as usize;
     let mut lines = vec![json!({"record": "conversation", "external_id": "big", "type": "direct", "member_ids": ["ann", "bob"]}).to_string()];
@@ -43,7 +43,7 @@ async fn large_import_refreshes_planner_statistics() {
                "sender_id": "ann", "text": "old", "created_at": format!("2020-01-02T10:{:02}:{:02}.{:03}Z", i / 60000, (i / 1000) % 60, i % 1000)})
         .to_string()
     }));
-    let out = post_ndjson(&app, lines.join("\n")).await;
+    let out = app.import_ndjson(lines.join("\n")).await;
     assert_eq!(
         out.last().unwrap()["messages"],
         json!(n),
@@ -55,26 +55,6 @@ async fn large_import_refreshes_planner_statistics() {
         1,
         "a large import analyzes before its summary"
     );
-}
-
-async fn post_ndjson(app: &TestApp, body: String) -> Vec<Value> {
-    let res = app
-        .client
-        .post(format!("{}/v1/import", app.base))
-        .bearer_auth(app.server())
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
-    res.text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn file() -> String {
@@ -103,7 +83,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         .as_str()
         .unwrap()
         .to_owned();
-    let out = post_ndjson(&app, file()).await;
+    let out = app.import_ndjson(file()).await;
     // Parse errors come as they are read, unknown conversations when their batch is written.
     let mut errors: Vec<(i64, Option<&str>)> = out
         .iter()
@@ -189,7 +169,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
     );
 
     // The same file again: the same summary, and nothing changes.
-    let again = post_ndjson(&app, file()).await;
+    let again = app.import_ndjson(file()).await;
     let done2 = again.last().unwrap();
     assert_eq!(
         (
@@ -231,13 +211,13 @@ async fn import_into_newer_history_renumbers(db: Db) {
         line("e2", "noon", "2021-05-01T12:00:00Z"),
         line("e4", "evening", "2021-05-01T20:00:00Z"),
     ];
-    post_ndjson(&app, first.join("\n")).await;
+    app.import_ndjson(first.join("\n")).await;
     // Older history arrives later: it slots in by created_at, and the seqs stay 1..N.
     let second = [
         line("e1", "morning", "2021-05-01T08:00:00Z"),
         line("e3", "afternoon", "2021-05-01T15:00:00Z"),
     ];
-    let out = post_ndjson(&app, second.join("\n")).await;
+    let out = app.import_ndjson(second.join("\n")).await;
     assert_eq!(out.last().unwrap()["messages"], 2);
     let b = app.user("bob");
     let list = app.get("/v1/conversations", &b).await.expect(200);
@@ -295,7 +275,7 @@ async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
         .to_string()
     }))
     .collect();
-    let out = post_ndjson(&app, file.join("\n")).await;
+    let out = app.import_ndjson(file.join("\n")).await;
     let done = out.last().unwrap();
     assert_eq!(
         (
@@ -357,7 +337,7 @@ async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
         .as_str()
         .unwrap()
         .to_owned();
-    let again = post_ndjson(&app, file.join("\n")).await;
+    let again = app.import_ndjson(file.join("\n")).await;
     assert_eq!(again.last().unwrap()["messages"], 5);
     let page2 = app
         .get(&format!("/v1/conversations/{id}/messages"), &a)
