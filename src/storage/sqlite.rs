@@ -221,37 +221,65 @@ impl SqliteStore {
     /// Bulk message insert for imports: multi-row statements of 500 rows, all in the caller's
     /// transaction. The placeholders are anonymous (`?`): sqlx asks SQLite the name of every
     /// parameter it binds, which is a linear search for named or numbered ones (quadratic in a
-    /// statement of thousands) and free for anonymous ones.
+    /// statement of thousands) and free for anonymous ones. The arguments of the next statement
+    /// are built on this thread while SQLite's worker runs the previous one (two cores, not one
+    /// after the other).
     async fn bulk_insert_messages(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         rows: &[super::sql::ImportRow<'_>],
     ) -> super::StoreResult<()> {
-        for chunk in rows.chunks(500) {
-            self.queries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let full = vec!["(?,?,?,?,?,?,?,?,?,?,?)"; 500].join(",");
+        // Values repeated from row to row are shared, not copied: every copy is an allocation
+        // here and a free on SQLite's worker, which is the import's bottleneck.
+        let shared = |v: &str, last: &mut Option<std::sync::Arc<str>>| match last {
+            Some(a) if **a == *v => a.clone(),
+            _ => last.insert(std::sync::Arc::from(v)).clone(),
+        };
+        let build = |chunk: &[super::sql::ImportRow<'_>]| {
+            let values = if chunk.len() == 500 {
+                full.clone()
+            } else {
+                vec!["(?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",")
+            };
             let sql = format!(
                 "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
-                 encrypted, attachments, custom, external_id, created_at) values {}",
-                vec!["(?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",")
+                 encrypted, attachments, custom, external_id, created_at) values {values}"
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let (mut conv, mut kind, mut attachments, mut custom) = (None, None, None, None);
             for r in chunk {
                 q = q
-                    .bind(&r.id)
-                    .bind(r.conversation_id)
+                    .bind(r.id.clone())
+                    .bind(shared(r.conversation_id, &mut conv))
                     .bind(r.seq)
                     .bind(r.sender_id)
-                    .bind(r.kind)
+                    .bind(shared(r.kind, &mut kind))
                     .bind(r.text)
-                    .bind(&r.encrypted)
-                    .bind(r.attachments.as_ref())
-                    .bind(r.custom.as_ref())
+                    .bind(r.encrypted.as_deref())
+                    .bind(shared(&r.attachments, &mut attachments))
+                    .bind(shared(&r.custom, &mut custom))
                     .bind(r.external_id)
                     .bind(r.created_at);
             }
-            q.execute(&mut **tx).await.map_err(super::db_error)?;
+            q
+        };
+        let mut chunks = rows.chunks(500);
+        let Some(first) = chunks.next() else {
+            return Ok(());
+        };
+        let mut q = build(first);
+        loop {
+            self.queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let next = chunks.next();
+            // The statement is sent on the first poll; the next one is built while it runs.
+            let (done, built) = tokio::join!(q.execute(&mut **tx), async { next.map(&build) });
+            done.map_err(super::db_error)?;
+            match built {
+                Some(b) => q = b,
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 }
