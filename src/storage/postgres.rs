@@ -81,6 +81,7 @@ super::sql::sql_store!(
     analyze = "analyze users, conversations, members, messages, changes",
     json_agg = "json_agg",
     json_object = "json_build_object",
+    import_shards = 2,
     placeholder = '$'
 );
 

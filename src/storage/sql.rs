@@ -246,6 +246,7 @@ macro_rules! sql_store {
         analyze = $analyze:literal,
         json_agg = $json_agg:literal,
         json_object = $json_object:literal,
+        import_shards = $shards:literal,
         placeholder = $ph:literal
     ) => {
         use std::collections::HashMap;
@@ -907,6 +908,135 @@ macro_rules! sql_store {
                 Ok(WriteOutcome::Read {
                     last_read_seq: target,
                 })
+            }
+
+            /// One transaction of an import batch's messages, for conversations no other running
+            /// shard has: skip the messages already imported, lock the conversations (in id
+            /// order, as sends lock them) and read their seq state under the lock, give the new
+            /// messages seqs in created_at order, write them in bulk, then the conversations'
+            /// denormalized fields and read positions and one `conversation.updated` each.
+            /// Returns the touched conversations and the committed changes.
+            async fn import_messages(
+                &self,
+                mut groups: Vec<(&str, Vec<&$crate::storage::ImportMessage>)>,
+            ) -> StoreResult<(Vec<String>, Vec<Change>)> {
+                let mut tx = self.begin().await?;
+                // Sorted, so the index is walked in order.
+                let mut ext_ids: Vec<&str> = groups
+                    .iter()
+                    .flat_map(|(_, msgs)| msgs.iter().map(|m| m.external_id.as_str()))
+                    .collect();
+                ext_ids.sort_unstable();
+                let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+                for r in self
+                    .fetch_in(&mut tx, "select external_id from messages where external_id is not null and external_id {in}", &ext_ids)
+                    .await?
+                {
+                    known.insert(r.try_get(0).map_err(db_error)?);
+                }
+                if !known.is_empty() {
+                    for (_, msgs) in &mut groups {
+                        msgs.retain(|m| !known.contains(&m.external_id));
+                    }
+                    groups.retain(|(_, msgs)| !msgs.is_empty());
+                }
+                groups.sort_by(|a, b| a.0.cmp(b.0));
+                let lock_ids: Vec<&str> = groups.iter().map(|(c, _)| *c).collect();
+                let mut by_id: HashMap<String, (i64, Option<i64>)> = HashMap::new();
+                let locked = self
+                    .fetch_in(
+                        &mut tx,
+                        concat!(
+                            "select c.conversation_id, c.last_seq, c.last_message_at from conversations c \
+                             where c.conversation_id {in} order by c.conversation_id ",
+                            $lock
+                        ),
+                        &lock_ids,
+                    )
+                    .await?;
+                for r in locked {
+                    by_id.insert(
+                        r.try_get(0).map_err(db_error)?,
+                        (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
+                    );
+                }
+                let mut rows: Vec<ImportRow> = Vec::with_capacity(groups.iter().map(|g| g.1.len()).sum());
+                let mut touched: Vec<Touched> = Vec::new();
+                for (conv, mut msgs) in groups {
+                    msgs.sort_by_key(|m| (m.created_at, m.line));
+                    let (last_seq, last_at) = by_id.get(conv).copied().unwrap_or((0, None));
+                    let mut renumbered = false;
+                    // Newer than everything there: appended. Otherwise the conversation is
+                    // renumbered so seq follows created_at (docs/import.md).
+                    let (seqs, new_last): (Vec<i64>, i64) =
+                        if last_at.is_none_or(|at| msgs[0].created_at >= at) {
+                            let seqs = (1..=msgs.len() as i64).map(|i| last_seq + i).collect();
+                            (seqs, last_seq + msgs.len() as i64)
+                        } else {
+                            renumbered = true;
+                            self.renumber(&mut tx, conv, &msgs).await?
+                        };
+                    let mut first_unread: Option<i64> = None;
+                    let mut last_row = 0;
+                    let mut last_created = 0;
+                    for (m, seq) in msgs.iter().zip(seqs) {
+                        if m.unread {
+                            first_unread = Some(first_unread.map_or(seq, |f: i64| f.min(seq)));
+                        }
+                        if m.created_at >= last_created {
+                            last_created = m.created_at;
+                            last_row = rows.len();
+                        }
+                        rows.push(ImportRow {
+                            id: new_id(),
+                            conversation_id: conv,
+                            seq,
+                            sender_id: m.sender_id.as_deref(),
+                            kind: &m.kind,
+                            text: m.text.as_deref(),
+                            encrypted: m.encrypted.as_ref().map(json_text),
+                            attachments: json_cow(&m.attachments),
+                            custom: json_cow(&m.custom),
+                            external_id: &m.external_id,
+                            created_at: m.created_at,
+                        });
+                    }
+                    let read_to = first_unread.map_or(new_last, |s| s - 1);
+                    // After a renumber, read positions were remapped to their messages; moving
+                    // them by the old end could mark unread messages read, so they stay.
+                    let old_last = if renumbered { i64::MAX } else { last_seq };
+                    touched.push(Touched {
+                        conversation_id: conv.to_owned(),
+                        old_last,
+                        new_last,
+                        read_to,
+                        last_id: rows[last_row].id.clone(),
+                        last_at: last_created,
+                        n: msgs.len(),
+                    });
+                }
+                self.bulk_insert_messages(&mut tx, &rows).await?;
+                // Denormalized fields (the newest message by created_at, the last seq), and
+                // read positions: imported messages count as read for members who had read
+                // everything; their position moves to just before the first message marked
+                // unread.
+                self.update_touched(&mut tx, &touched).await?;
+                let ids: Vec<String> = touched.iter().map(|t| t.conversation_id.clone()).collect();
+                let pending = touched
+                    .into_iter()
+                    .map(|t| PendingChange {
+                        data: json!({
+                            "id": t.conversation_id, "last_seq": t.new_last,
+                            "last_message_at": Timestamp(t.last_at), "imported_messages": t.n,
+                        }),
+                        conversation_id: t.conversation_id,
+                        kind: ChangeKind::ConversationUpdated,
+                        user_id: None,
+                    })
+                    .collect();
+                let changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+                Ok((ids, changes))
             }
 
             /// Makes room for imported messages older than some already in the conversation:
@@ -2818,19 +2948,14 @@ macro_rules! sql_store {
                     out.errors.push((c.line, "external_id is taken by a conversation of another kind".into(), "external_id"));
                 }
 
-                // Messages: skip the ones already imported, then give the new ones seqs in
-                // created_at order, per conversation.
-                let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-                // Sorted, so the index is walked in order.
-                let mut ext_ids: Vec<&str> = batch.messages.iter().map(|m| m.external_id.as_str()).collect();
-                ext_ids.sort_unstable();
-                ext_ids.dedup();
-                for r in self
-                    .fetch_in(&mut tx, "select external_id from messages where external_id is not null and external_id {in}", &ext_ids)
-                    .await?
-                {
-                    known.insert(r.try_get(0).map_err(db_error)?);
-                }
+                // The users and conversations are committed first; the messages follow in
+                // `$shards` transactions of disjoint conversations, run at once (on PostgreSQL
+                // each is a backend of its own: one backend's COPY is the import's bottleneck).
+                let created_changes = self.record(&mut tx, pending).await?;
+                self.commit(tx).await?;
+
+                // The first record of a message external id in the batch is the one imported.
+                let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
                 let mut groups: HashMap<&str, Vec<&$crate::storage::ImportMessage>> = HashMap::new();
                 for m in &batch.messages {
                     let Some((conv, _, _)) = convs.get(&m.conversation_external_id) else {
@@ -2838,114 +2963,34 @@ macro_rules! sql_store {
                         continue;
                     };
                     out.messages += 1;
-                    if known.insert(m.external_id.clone()) {
+                    if seen.insert(m.external_id.as_str()) {
                         groups.entry(conv.as_str()).or_default().push(m);
                     }
                 }
-                // Lock the conversations that get messages, in id order (as sends lock them), and
-                // read their seq state under the lock: a live send cannot take the same seq.
-                let mut lock_ids: Vec<&str> = groups.keys().copied().collect();
-                lock_ids.sort_unstable();
-                let mut by_id: HashMap<String, (i64, Option<i64>)> = HashMap::new();
-                let locked = self
-                    .fetch_in(
-                        &mut tx,
-                        concat!(
-                            "select c.conversation_id, c.last_seq, c.last_message_at from conversations c \
-                             where c.conversation_id {in} order by c.conversation_id ",
-                            $lock
-                        ),
-                        &lock_ids,
-                    )
-                    .await?;
-                for r in locked {
-                    by_id.insert(
-                        r.try_get(0).map_err(db_error)?,
-                        (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
-                    );
-                }
-                let mut rows: Vec<ImportRow> = Vec::with_capacity(batch.messages.len());
-                let mut touched: Vec<Touched> = Vec::new();
+                // Largest conversations first, each to the lightest shard.
                 let mut group_list: Vec<(&str, Vec<&$crate::storage::ImportMessage>)> = groups.into_iter().collect();
-                group_list.sort_by(|a, b| a.0.cmp(b.0));
-                for (conv, mut msgs) in group_list {
-                    msgs.sort_by_key(|m| (m.created_at, m.line));
-                    let (last_seq, last_at) = by_id.get(conv).copied().unwrap_or((0, None));
-                    let mut renumbered = false;
-                    // Newer than everything there: appended. Otherwise the conversation is
-                    // renumbered so seq follows created_at (docs/import.md).
-                    let (seqs, new_last): (Vec<i64>, i64) =
-                        if last_at.is_none_or(|at| msgs[0].created_at >= at) {
-                            let seqs = (1..=msgs.len() as i64).map(|i| last_seq + i).collect();
-                            (seqs, last_seq + msgs.len() as i64)
-                        } else {
-                            renumbered = true;
-                            self.renumber(&mut tx, conv, &msgs).await?
-                        };
-                    let mut first_unread: Option<i64> = None;
-                    let mut last_row = 0;
-                    let mut last_created = 0;
-                    for (m, seq) in msgs.iter().zip(seqs) {
-                        if m.unread {
-                            first_unread = Some(first_unread.map_or(seq, |f: i64| f.min(seq)));
-                        }
-                        if m.created_at >= last_created {
-                            last_created = m.created_at;
-                            last_row = rows.len();
-                        }
-                        rows.push(ImportRow {
-                            id: new_id(),
-                            conversation_id: conv,
-                            seq,
-                            sender_id: m.sender_id.as_deref(),
-                            kind: &m.kind,
-                            text: m.text.as_deref(),
-                            encrypted: m.encrypted.as_ref().map(json_text),
-                            attachments: json_cow(&m.attachments),
-                            custom: json_cow(&m.custom),
-                            external_id: &m.external_id,
-                            created_at: m.created_at,
-                        });
-                    }
-                    let read_to = first_unread.map_or(new_last, |s| s - 1);
-                    // After a renumber, read positions were remapped to their messages; moving
-                    // them by the old end could mark unread messages read, so they stay.
-                    let old_last = if renumbered { i64::MAX } else { last_seq };
-                    touched.push(Touched {
-                        conversation_id: conv.to_owned(),
-                        old_last,
-                        new_last,
-                        read_to,
-                        last_id: rows[last_row].id.clone(),
-                        last_at: last_created,
-                        n: msgs.len(),
-                    });
+                group_list.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+                let n_shards = ($shards as usize).clamp(1, group_list.len().max(1));
+                let mut shards: Vec<Vec<(&str, Vec<&$crate::storage::ImportMessage>)>> =
+                    (0..n_shards).map(|_| Vec::new()).collect();
+                let mut load = vec![0usize; n_shards];
+                for g in group_list {
+                    let i = (0..n_shards).min_by_key(|&i| load[i]).unwrap_or(0);
+                    load[i] += g.1.len();
+                    shards[i].push(g);
                 }
-                self.bulk_insert_messages(&mut tx, &rows).await?;
-                // Denormalized fields (the newest message by created_at, the last seq), and
-                // read positions: imported messages count as read for members who had read
-                // everything; their position moves to just before the first message marked
-                // unread.
-                self.update_touched(&mut tx, &touched).await?;
+                let done = futures_util::future::try_join_all(
+                    shards.into_iter().filter(|s| !s.is_empty()).map(|s| self.import_messages(s)),
+                )
+                .await?;
                 let created_ids: std::collections::HashSet<&str> =
                     created.iter().map(|(id, _)| id.as_str()).collect();
-                out.upserted += touched
-                    .iter()
-                    .filter(|t| !created_ids.contains(t.conversation_id.as_str()))
-                    .count() as u64;
-                for t in touched {
-                    pending.push(PendingChange {
-                        data: json!({
-                            "id": t.conversation_id, "last_seq": t.new_last,
-                            "last_message_at": Timestamp(t.last_at), "imported_messages": t.n,
-                        }),
-                        conversation_id: t.conversation_id,
-                        kind: ChangeKind::ConversationUpdated,
-                        user_id: None,
-                    });
+                let mut changes = created_changes;
+                for (touched_ids, shard_changes) in done {
+                    out.upserted += touched_ids.iter().filter(|id| !created_ids.contains(id.as_str())).count() as u64;
+                    changes.extend(shard_changes);
                 }
-                let changes = self.record(&mut tx, pending).await?;
-                self.commit(tx).await?;
+                changes.sort_by_key(|c| c.pos);
                 Ok(Committed { value: out, changes })
             }
 

@@ -106,6 +106,7 @@ super::sql::sql_store!(
     analyze = "",
     json_agg = "json_group_array",
     json_object = "json_object",
+    import_shards = 1,
     placeholder = '?'
 );
 
