@@ -230,7 +230,14 @@ impl SqliteStore {
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         rows: &[super::sql::ImportRow<'_>],
     ) -> super::StoreResult<()> {
-        let full = vec!["(?,?,?,?,?,?,?,?,?,?,?)"; 500].join(",");
+        let sql = |rows: usize| {
+            format!(
+                "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
+                 encrypted, attachments, custom, external_id, created_at) values {}",
+                vec!["(?,?,?,?,?,?,?,?,?,?,?)"; rows].join(",")
+            )
+        };
+        let full = sql(500);
         // Values repeated from row to row are shared, not copied: every copy is an allocation
         // here and a free on SQLite's worker, which is the import's bottleneck.
         let shared = |v: &str, last: &mut Option<std::sync::Arc<str>>| match last {
@@ -238,16 +245,12 @@ impl SqliteStore {
             _ => last.insert(std::sync::Arc::from(v)).clone(),
         };
         let build = |chunk: &[super::sql::ImportRow<'_>]| {
-            let values = if chunk.len() == 500 {
+            let text = if chunk.len() == 500 {
                 full.clone()
             } else {
-                vec!["(?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",")
+                sql(chunk.len())
             };
-            let sql = format!(
-                "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
-                 encrypted, attachments, custom, external_id, created_at) values {values}"
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
             let (mut conv, mut kind, mut attachments, mut custom) = (None, None, None, None);
             for r in chunk {
                 q = q
