@@ -1,5 +1,5 @@
-//! The write path: sends and read marks from every request are queued here and committed
-//! together, one transaction per batch of whatever is waiting, not one per message. That is how
+//! The write path: sends, read marks and new conversations from every request are queued here
+//! and committed together, one transaction per batch of whatever is waiting, not one per write. That is how
 //! a durable write (fsync on commit) serves more writes per second than the database has
 //! commits per second. The caller is answered only after its batch has committed.
 //!

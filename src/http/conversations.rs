@@ -16,7 +16,7 @@ use crate::domain::{
     Conversation, MAX_MEMBERS_PER_CALL, MAX_NAME_CHARS, check_custom, check_string, check_tags,
     check_user_id,
 };
-use crate::storage::{ConversationPatch, ListFilter, NewConversation};
+use crate::storage::{ConversationPatch, ListFilter, NewConversation, WriteOp, WriteOutcome};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -171,9 +171,11 @@ async fn create(
         tags: body.tags,
         external_id: body.external_id,
     };
-    let committed = state.store.create_conversation(&new).await?;
-    state.committed(committed.changes);
-    let (id, created) = committed.value;
+    // Through the write path: concurrent creates share one commit (docs/architecture.md).
+    let (id, created) = match state.writes.submit(WriteOp::Create(Box::new(new))).await? {
+        WriteOutcome::Created { id, created } => (id, created),
+        WriteOutcome::Sent { .. } | WriteOutcome::Read { .. } => return Err(ApiError::Internal),
+    };
     let conversation = match view(&state, creator.as_deref(), &id, 0).await {
         Ok(c) => c,
         // An existing conversation (same external_id) the caller is not in: not a replay.

@@ -131,6 +131,8 @@ pub enum PageBound {
 /// here only the data.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
+    /// A new conversation: committed with the batch, so concurrent creates share a commit.
+    Create(Box<NewConversation>),
     Send {
         conversation_id: String,
         sender_id: String,
@@ -146,6 +148,12 @@ pub enum WriteOp {
 
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
+    /// The conversation's id; `created` is false when a direct pair or an `external_id` that
+    /// existed (or came earlier in the batch) gave the existing conversation.
+    Created {
+        id: String,
+        created: bool,
+    },
     /// `created` is false for an idempotent replay (same `client_id`).
     Sent {
         message: Box<Message>,

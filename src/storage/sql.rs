@@ -910,6 +910,181 @@ macro_rules! sql_store {
                 })
             }
 
+            /// Creates conversations, and bare users for unknown member ids, in `tx`: one
+            /// multi-row statement per table however many there are. Inserted in (direct pair,
+            /// external id) order, so two transactions creating the same pairs wait for each
+            /// other instead of deadlocking. A direct pair or external id that exists (or comes
+            /// earlier in `news`) gives the existing id with `false`. One outcome per input, in
+            /// input order, and the `conversation.created` changes to record.
+            async fn insert_conversations(
+                &self,
+                tx: &mut Tx,
+                news: &[&NewConversation],
+            ) -> StoreResult<(Vec<StoreResult<(String, bool)>>, Vec<PendingChange>)> {
+                let everyone: Vec<String> =
+                    news.iter().flat_map(|n| n.member_ids.iter().cloned()).collect();
+                self.ensure_users(tx, &everyone).await?;
+                let t = now();
+                // (input index, the conversation, its new id, its direct pair)
+                let mut rows: Vec<(usize, &NewConversation, String, Option<String>)> = news
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let direct_key = (n.kind == "direct").then(|| {
+                            let mut pair: Vec<&str> = n.member_ids.iter().map(String::as_str).collect();
+                            pair.sort_unstable();
+                            pair.join(" ")
+                        });
+                        (i, *n, new_id(), direct_key)
+                    })
+                    .collect();
+                rows.sort_by(|a, b| (&a.3, &a.1.external_id).cmp(&(&b.3, &b.1.external_id)));
+                let mut inserted: std::collections::HashSet<String> = Default::default();
+                for chunk in rows.chunks(200) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into conversations (conversation_id, kind, name, image_url, created_by, \
+                         external_id, direct_key, custom, member_count, activity_at, created_at, \
+                         updated_at) values {} on conflict do nothing returning conversation_id",
+                        tuples(1, chunk.len(), 12)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (_, n, id, direct_key) in chunk {
+                        q = q
+                            .bind(id)
+                            .bind(&n.kind)
+                            .bind(n.name.as_deref())
+                            .bind(n.image_url.as_deref())
+                            .bind(n.created_by.as_deref())
+                            .bind(n.external_id.as_deref())
+                            .bind(direct_key.as_deref())
+                            .bind(json_text(&n.custom))
+                            .bind(n.member_ids.len() as i64)
+                            .bind(t)
+                            .bind(t)
+                            .bind(t);
+                    }
+                    for r in q.fetch_all(&mut **tx).await.map_err(db_error)? {
+                        inserted.insert(r.try_get(0).map_err(db_error)?);
+                    }
+                }
+                let (made, existing): (Vec<_>, Vec<_>) =
+                    rows.iter().partition(|r| inserted.contains(&r.2));
+
+                // The existing conversations the others name.
+                let keys: Vec<&str> = existing.iter().filter_map(|r| r.3.as_deref()).collect();
+                let exts: Vec<&str> =
+                    existing.iter().filter_map(|r| r.1.external_id.as_deref()).collect();
+                let mut by_key: HashMap<String, String> = HashMap::new();
+                for r in self
+                    .fetch_in(tx, "select direct_key, conversation_id from conversations where direct_key {in}", &keys)
+                    .await?
+                {
+                    by_key.insert(r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?);
+                }
+                let mut by_ext: HashMap<String, String> = HashMap::new();
+                for r in self
+                    .fetch_in(tx, "select external_id, conversation_id from conversations where external_id {in}", &exts)
+                    .await?
+                {
+                    by_ext.insert(r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?);
+                }
+
+                let members: Vec<(&str, &str, &str)> = made
+                    .iter()
+                    .flat_map(|(_, n, id, _)| {
+                        n.member_ids.iter().map(move |m| {
+                            let role = if n.created_by.as_deref() == Some(m.as_str()) {
+                                "owner"
+                            } else {
+                                "member"
+                            };
+                            (id.as_str(), m.as_str(), role)
+                        })
+                    })
+                    .collect();
+                // last_read_seq takes its default (0): a new conversation has no messages.
+                for chunk in members.chunks(1000) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
+                         values {}",
+                        tuples(1, chunk.len(), 5)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, u, role) in chunk {
+                        q = q.bind(*c).bind(*u).bind(*role).bind(t).bind(t);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+                let tags: Vec<(&str, &str)> = made
+                    .iter()
+                    .flat_map(|(_, n, id, _)| n.tags.iter().map(move |tag| (id.as_str(), tag.as_str())))
+                    .collect();
+                for chunk in tags.chunks(1000) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
+                        tuples(1, chunk.len(), 2)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, tag) in chunk {
+                        q = q.bind(*c).bind(*tag);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+
+                let mut outcomes: Vec<Option<StoreResult<(String, bool)>>> =
+                    (0..news.len()).map(|_| None).collect();
+                let mut pending = Vec::with_capacity(made.len());
+                for (i, n, id, _) in made {
+                    let mut tags = n.tags.clone();
+                    tags.sort();
+                    tags.dedup();
+                    let row = ConvRow {
+                        id: id.clone(),
+                        kind: n.kind.clone(),
+                        name: n.name.clone(),
+                        image_url: n.image_url.clone(),
+                        created_by: n.created_by.clone(),
+                        external_id: n.external_id.clone(),
+                        custom: n.custom.clone(),
+                        member_count: n.member_ids.len() as i64,
+                        last_seq: 0,
+                        last_message_id: None,
+                        last_message_at: None,
+                        activity_at: t,
+                        created_at: t,
+                        updated_at: t,
+                    };
+                    let mut data = row.snapshot(&tags);
+                    data["member_ids"] = json!(n.member_ids);
+                    pending.push((*i, PendingChange {
+                        conversation_id: id.clone(),
+                        kind: ChangeKind::ConversationCreated,
+                        user_id: None,
+                        data,
+                    }));
+                    outcomes[*i] = Some(Ok((id.clone(), true)));
+                }
+                for (i, n, _, direct_key) in existing {
+                    let found = direct_key
+                        .as_ref()
+                        .and_then(|k| by_key.get(k))
+                        .or_else(|| n.external_id.as_ref().and_then(|e| by_ext.get(e)));
+                    outcomes[*i] = Some(match found {
+                        Some(id) => Ok((id.clone(), false)),
+                        None => Err(StoreError::Conflict("conversations".into())),
+                    });
+                }
+                // The changes in input order (the order the batch received them).
+                pending.sort_by_key(|p| p.0);
+                Ok((
+                    outcomes.into_iter().map(|o| o.expect("every conversation has an outcome")).collect(),
+                    pending.into_iter().map(|p| p.1).collect(),
+                ))
+            }
+
             /// One transaction of an import batch's messages, for conversations no other running
             /// shard has: skip the messages already imported, lock the conversations (in id
             /// order, as sends lock them) and read their seq state under the lock, give the new
@@ -1441,119 +1616,11 @@ macro_rules! sql_store {
                 new: &NewConversation,
             ) -> StoreResult<Committed<(String, bool)>> {
                 let mut tx = self.begin().await?;
-                self.ensure_users(&mut tx, &new.member_ids).await?;
-                let direct_key = (new.kind == "direct").then(|| {
-                    let mut pair: Vec<&str> = new.member_ids.iter().map(String::as_str).collect();
-                    pair.sort_unstable();
-                    pair.join(" ")
-                });
-                let id = new_id();
-                let t = now();
-                self.tick(1);
-                let inserted: Option<String> = sqlx::query_scalar(
-                    "insert into conversations (conversation_id, kind, name, image_url, created_by, \
-                     external_id, direct_key, custom, member_count, activity_at, created_at, updated_at) \
-                     values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10,$10) \
-                     on conflict do nothing returning conversation_id",
-                )
-                .bind(&id)
-                .bind(&new.kind)
-                .bind(new.name.as_deref())
-                .bind(new.image_url.as_deref())
-                .bind(new.created_by.as_deref())
-                .bind(new.external_id.as_deref())
-                .bind(direct_key.as_deref())
-                .bind(json_text(&new.custom))
-                .bind(new.member_ids.len() as i64)
-                .bind(t)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-                if inserted.is_none() {
-                    self.tick(1);
-                    let existing: Option<String> = sqlx::query_scalar(
-                        "select conversation_id from conversations \
-                         where direct_key = $1 or external_id = $2 limit 1",
-                    )
-                    .bind(direct_key.as_deref())
-                    .bind(new.external_id.as_deref())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    self.commit(tx).await?;
-                    let existing = existing
-                        .ok_or_else(|| StoreError::Conflict("conversations".into()))?;
-                    return Ok(Committed {
-                        value: (existing, false),
-                        changes: Vec::new(),
-                    });
-                }
-                self.tick(1);
-                let sql = format!(
-                    "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
-                     values {}",
-                    tuples(1, new.member_ids.len(), 5)
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for m in &new.member_ids {
-                    let role = if new.created_by.as_deref() == Some(m.as_str()) {
-                        "owner"
-                    } else {
-                        "member"
-                    };
-                    q = q.bind(&id).bind(m).bind(role).bind(t).bind(t);
-                }
-                // last_read_seq takes its default (0): a new conversation has no messages.
-                q.execute(&mut *tx).await.map_err(db_error)?;
-                if !new.tags.is_empty() {
-                    self.tick(1);
-                    let sql = format!(
-                        "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
-                        tuples(1, new.tags.len(), 2)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for tag in &new.tags {
-                        q = q.bind(&id).bind(tag);
-                    }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
-                }
-                let mut tags = new.tags.clone();
-                tags.sort();
-                tags.dedup();
-                let row = ConvRow {
-                    id: id.clone(),
-                    kind: new.kind.clone(),
-                    name: new.name.clone(),
-                    image_url: new.image_url.clone(),
-                    created_by: new.created_by.clone(),
-                    external_id: new.external_id.clone(),
-                    custom: new.custom.clone(),
-                    member_count: new.member_ids.len() as i64,
-                    last_seq: 0,
-                    last_message_id: None,
-                    last_message_at: None,
-                    activity_at: t,
-                    created_at: t,
-                    updated_at: t,
-                };
-                let mut data = row.snapshot(&tags);
-                data["member_ids"] = json!(new.member_ids);
-                let changes = self
-                    .record(
-                        &mut tx,
-                        vec![PendingChange {
-                            conversation_id: id.clone(),
-                            kind: ChangeKind::ConversationCreated,
-                            user_id: None,
-                            data,
-                        }],
-                    )
-                    .await?;
+                let (mut outcomes, pending) = self.insert_conversations(&mut tx, &[new]).await?;
+                let changes = self.record(&mut tx, pending).await?;
                 self.commit(tx).await?;
-                Ok(Committed {
-                    value: (id, true),
-                    changes,
-                })
+                let value = outcomes.pop().expect("one outcome per conversation")?;
+                Ok(Committed { value, changes })
             }
 
             async fn conversations_for(
@@ -2015,16 +2082,34 @@ macro_rules! sql_store {
                 type Key = (String, String, String);
                 let mut tx = self.begin().await?;
 
+                // New conversations first: they lock nothing that exists (but users and the
+                // pairs' keys, in order), so the locks below are still taken in one order.
+                let creates: Vec<(usize, &NewConversation)> = ops
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, op)| match op {
+                        WriteOp::Create(new) => Some((i, &**new)),
+                        _ => None,
+                    })
+                    .collect();
+                let (made, mut pending) = if creates.is_empty() {
+                    (Vec::new(), Vec::new())
+                } else {
+                    let news: Vec<&NewConversation> = creates.iter().map(|c| c.1).collect();
+                    self.insert_conversations(&mut tx, &news).await?
+                };
+
                 // Every (conversation, user) named, in conversation id order: the
                 // conversations are locked in that order, so two nodes' batches cannot deadlock.
                 let mut pairs: Vec<(&str, &str)> = ops
                     .iter()
-                    .map(|op| match op {
+                    .filter_map(|op| match op {
+                        WriteOp::Create(_) => None,
                         WriteOp::Send { conversation_id, sender_id, .. } => {
-                            (conversation_id.as_str(), sender_id.as_str())
+                            Some((conversation_id.as_str(), sender_id.as_str()))
                         }
                         WriteOp::Read { conversation_id, user_id, .. } => {
-                            (conversation_id.as_str(), user_id.as_str())
+                            Some((conversation_id.as_str(), user_id.as_str()))
                         }
                     })
                     .collect();
@@ -2036,7 +2121,7 @@ macro_rules! sql_store {
                 // One statement whatever the batch size (at most 10,000 ops, 20,000 SQLite
                 // parameters): chunks would each lock in the database's collation order, not
                 // in one order across them.
-                {
+                if !pairs.is_empty() {
                     let chunk = &pairs[..];
                     self.tick(1);
                     let q = rows_query(
@@ -2124,7 +2209,9 @@ macro_rules! sql_store {
                 // The sends, in arrival order.
                 let mut outcomes: Vec<Option<StoreResult<WriteOutcome>>> =
                     (0..ops.len()).map(|_| None).collect();
-                let mut pending = Vec::new();
+                for ((i, _), outcome) in creates.iter().zip(made) {
+                    outcomes[*i] = Some(outcome.map(|(id, created)| WriteOutcome::Created { id, created }));
+                }
                 let mut rows: Vec<(Message, NewMessage<'_>)> = Vec::new();
                 let mut created: HashMap<Key, usize> = HashMap::new();
                 let mut read_to: HashMap<(&str, &str), i64> = HashMap::new();

@@ -15,7 +15,8 @@ use crate::helpers::{Db, fresh_database, spawn_app};
 both!(
     store_contract,
     listing_query_count_is_bounded,
-    outbox_leases
+    outbox_leases,
+    batched_creates
 );
 
 async fn open(db: Db) -> DynStore {
@@ -522,4 +523,119 @@ async fn outbox_leases(db: Db) {
         s.retry_delivery("nope", now).await,
         Err(StoreError::NotFound)
     ));
+}
+
+fn create(kind: &str, members: &[&str], external_id: Option<&str>, tags: &[&str]) -> WriteOp {
+    let mut new = group(members, Some(members[0]));
+    new.kind = kind.into();
+    new.external_id = external_id.map(str::to_owned);
+    new.tags = tags.iter().map(|t| t.to_string()).collect();
+    WriteOp::Create(Box::new(new))
+}
+
+fn created(o: &Result<WriteOutcome, StoreError>) -> (String, bool) {
+    match o {
+        Ok(WriteOutcome::Created { id, created }) => (id.clone(), *created),
+        other => panic!("not a create: {other:?}"),
+    }
+}
+
+/// Creates share the write path's batches: a pair or external id named twice in one batch is
+/// one conversation, one named again later is the existing one, and sends in the same batch
+/// as creates still work.
+async fn batched_creates(db: Db) {
+    let s = open(db).await;
+    let batch = s
+        .write_batch(&[
+            create("direct", &["a", "b"], None, &[]),
+            create(
+                "group",
+                &["a", "c", "d"],
+                Some("ext-1"),
+                &["vip", "eu", "vip"],
+            ),
+            create("direct", &["b", "a"], None, &[]),
+            create("group", &["c"], Some("ext-1"), &[]),
+            create("direct", &["c", "d"], None, &[]),
+        ])
+        .await
+        .unwrap();
+    let o = &batch.outcomes;
+    let (ab, ab_new) = created(&o[0]);
+    let (g, g_new) = created(&o[1]);
+    let (cd, cd_new) = created(&o[4]);
+    assert!(ab_new && g_new && cd_new);
+    assert_eq!(created(&o[2]), (ab.clone(), false), "the pair again");
+    assert_eq!(created(&o[3]), (g.clone(), false), "the external id again");
+    assert_eq!(
+        [&ab, &g, &cd]
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
+    );
+    // One change per new conversation, in the order the batch received them.
+    let made: Vec<(&str, ChangeKind)> = batch
+        .changes
+        .iter()
+        .map(|c| (c.conversation_id.as_str(), c.kind))
+        .collect();
+    assert_eq!(
+        made,
+        [
+            (ab.as_str(), ChangeKind::ConversationCreated),
+            (g.as_str(), ChangeKind::ConversationCreated),
+            (cd.as_str(), ChangeKind::ConversationCreated),
+        ]
+    );
+    assert_eq!(batch.changes[1].data["tags"], json!(["eu", "vip"]));
+    assert_eq!(batch.changes[1].data["member_ids"], json!(["a", "c", "d"]));
+    let view = s
+        .conversations_for(Some("c"), std::slice::from_ref(&g), 0)
+        .await
+        .unwrap();
+    assert_eq!(view[0].member_count, 3);
+    assert_eq!(view[0].external_id.as_deref(), Some("ext-1"));
+    let roles: Vec<(&str, &str)> = view[0]
+        .members
+        .iter()
+        .map(|m| (m.user_id.as_str(), m.role.as_str()))
+        .collect();
+    assert!(
+        roles.contains(&("a", "owner")) && roles.contains(&("d", "member")),
+        "{roles:?}"
+    );
+    // The users were made bare.
+    assert_eq!(s.user_for_token("d").await.unwrap(), UserState::Active);
+
+    // Later: the existing pair, a new one, and a send into a conversation of the first batch.
+    let batch = s
+        .write_batch(&[
+            create("direct", &["b", "a"], None, &[]),
+            send(&ab, "a", "k1"),
+            create("direct", &["a", "e"], None, &[]),
+        ])
+        .await
+        .unwrap();
+    let o = &batch.outcomes;
+    assert_eq!(created(&o[0]), (ab.clone(), false));
+    assert!(matches!(&o[1], Ok(WriteOutcome::Sent { created: true, message }) if message.seq == 1));
+    let (ae, ae_new) = created(&o[2]);
+    assert!(ae_new && ae != ab);
+    let kinds: Vec<ChangeKind> = batch.changes.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds,
+        [ChangeKind::ConversationCreated, ChangeKind::MessageNew]
+    );
+    let page = s
+        .list_conversations(
+            "a",
+            &ListFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.conversations.len(), 3, "ab, the group and ae");
 }
