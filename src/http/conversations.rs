@@ -174,7 +174,7 @@ async fn create(
     // Through the write path: concurrent creates share one commit (docs/architecture.md).
     let (id, created) = match state.writes.submit(WriteOp::Create(Box::new(new))).await? {
         WriteOutcome::Created { id, created } => (id, created),
-        WriteOutcome::Sent { .. } | WriteOutcome::Read { .. } => return Err(ApiError::Internal),
+        _ => return Err(ApiError::Internal),
     };
     let conversation = match view(&state, creator.as_deref(), &id, 0).await {
         Ok(c) => c,

@@ -43,7 +43,7 @@ pub async fn send_message(
     };
     match state.writes.submit(op).await? {
         WriteOutcome::Sent { message, created } => Ok((*message, created)),
-        WriteOutcome::Read { .. } | WriteOutcome::Created { .. } => Err(ApiError::Internal),
+        _ => Err(ApiError::Internal),
     }
 }
 
@@ -197,7 +197,7 @@ pub async fn mark_read(
     };
     match state.writes.submit(op).await? {
         WriteOutcome::Read { last_read_seq } => Ok(last_read_seq),
-        WriteOutcome::Sent { .. } | WriteOutcome::Created { .. } => Err(ApiError::Internal),
+        _ => Err(ApiError::Internal),
     }
 }
 

@@ -178,7 +178,24 @@ impl AppState {
                 None => {}
             }
         }
-        let state = self.store.user_for_token(user).await?;
+        let state = match self.store.user_state(user).await? {
+            Some(state) => state,
+            // A new user: created bare through the write path, so a burst of new users (each
+            // one's first request) shares commits.
+            None => {
+                let op = crate::storage::WriteOp::EnsureUser {
+                    user_id: user.to_owned(),
+                };
+                match self.writes.submit(op).await? {
+                    crate::storage::WriteOutcome::User(state) => state,
+                    _ => {
+                        return Err(crate::storage::StoreError::Other(anyhow::anyhow!(
+                            "the write path answered another op"
+                        )));
+                    }
+                }
+            }
+        };
         if state == crate::storage::UserState::Active {
             let mut cache = self.active_users.lock().expect("active users lock");
             if cache.len() > 100_000 {

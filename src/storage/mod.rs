@@ -131,6 +131,9 @@ pub enum PageBound {
 /// here only the data.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
+    /// A token's user, created bare when unknown (the first request of a new user): committed
+    /// with the batch, so a burst of new users shares a commit.
+    EnsureUser { user_id: String },
     /// A new conversation: committed with the batch, so concurrent creates share a commit.
     Create(Box<NewConversation>),
     Send {
@@ -148,6 +151,8 @@ pub enum WriteOp {
 
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
+    /// The user's state after `EnsureUser` (an existing user may be deactivated).
+    User(UserState),
     /// The conversation's id; `created` is false when a direct pair or an `external_id` that
     /// existed (or came earlier in the batch) gave the existing conversation.
     Created {
@@ -321,8 +326,9 @@ pub trait Store: Send + Sync + 'static {
     /// The users that exist among `ids`, in the order asked.
     async fn get_users(&self, ids: &[String]) -> StoreResult<Vec<User>>;
 
-    /// The state of the user a token names, creating the user bare (name = id) when unknown.
-    async fn user_for_token(&self, id: &str) -> StoreResult<UserState>;
+    /// The state of the user a token names; `None` when unknown (the write path's
+    /// `WriteOp::EnsureUser` creates the user bare, name = id).
+    async fn user_state(&self, id: &str) -> StoreResult<Option<UserState>>;
 
     /// Deactivates a user: their tokens stop working, their messages stay. NotFound if unknown.
     async fn deactivate_user(&self, id: &str) -> StoreResult<()>;

@@ -910,8 +910,10 @@ macro_rules! sql_store {
                 })
             }
 
-            /// Creates conversations, and bare users for unknown member ids, in `tx`: one
-            /// multi-row statement per table however many there are. Inserted in (direct pair,
+            /// Creates conversations in `tx` (their members are users already: the caller
+            /// ensures them first, in the same statement as any other new users of the
+            /// transaction, so the users are locked in one order): one multi-row statement per
+            /// table however many there are. Inserted in (direct pair,
             /// external id) order, so two transactions creating the same pairs wait for each
             /// other instead of deadlocking. A direct pair or external id that exists (or comes
             /// earlier in `news`) gives the existing id with `false`. One outcome per input, in
@@ -921,9 +923,6 @@ macro_rules! sql_store {
                 tx: &mut Tx,
                 news: &[&NewConversation],
             ) -> StoreResult<(Vec<StoreResult<(String, bool)>>, Vec<PendingChange>)> {
-                let everyone: Vec<String> =
-                    news.iter().flat_map(|n| n.member_ids.iter().cloned()).collect();
-                self.ensure_users(tx, &everyone).await?;
                 let t = now();
                 // (input index, the conversation, its new id, its direct pair)
                 let mut rows: Vec<(usize, &NewConversation, String, Option<String>)> = news
@@ -1573,7 +1572,7 @@ macro_rules! sql_store {
                     .collect())
             }
 
-            async fn user_for_token(&self, id: &str) -> StoreResult<UserState> {
+            async fn user_state(&self, id: &str) -> StoreResult<Option<UserState>> {
                 self.tick(1);
                 let row: Option<Option<i64>> =
                     sqlx::query_scalar("select deactivated_at from users where user_id = $1")
@@ -1581,16 +1580,10 @@ macro_rules! sql_store {
                         .fetch_optional(&self.reader)
                         .await
                         .map_err(db_error)?;
-                match row {
-                    Some(Some(_)) => Ok(UserState::Deactivated),
-                    Some(None) => Ok(UserState::Active),
-                    None => {
-                        let mut tx = self.begin().await?;
-                        self.ensure_users(&mut tx, &[id.to_owned()]).await?;
-                        self.commit(tx).await?;
-                        Ok(UserState::Active)
-                    }
-                }
+                Ok(row.map(|d| match d {
+                    Some(_) => UserState::Deactivated,
+                    None => UserState::Active,
+                }))
             }
 
             async fn deactivate_user(&self, id: &str) -> StoreResult<()> {
@@ -1616,6 +1609,7 @@ macro_rules! sql_store {
                 new: &NewConversation,
             ) -> StoreResult<Committed<(String, bool)>> {
                 let mut tx = self.begin().await?;
+                self.ensure_users(&mut tx, &new.member_ids).await?;
                 let (mut outcomes, pending) = self.insert_conversations(&mut tx, &[new]).await?;
                 let changes = self.record(&mut tx, pending).await?;
                 self.commit(tx).await?;
@@ -2082,8 +2076,18 @@ macro_rules! sql_store {
                 type Key = (String, String, String);
                 let mut tx = self.begin().await?;
 
-                // New conversations first: they lock nothing that exists (but users and the
-                // pairs' keys, in order), so the locks below are still taken in one order.
+                // New users first (tokens' users and new conversations' members, in one
+                // sorted statement), then new conversations: they lock nothing that exists but
+                // those users and the pairs' keys, in order, so the locks below are still taken
+                // in one order.
+                let ensured: Vec<(usize, &str)> = ops
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, op)| match op {
+                        WriteOp::EnsureUser { user_id } => Some((i, user_id.as_str())),
+                        _ => None,
+                    })
+                    .collect();
                 let creates: Vec<(usize, &NewConversation)> = ops
                     .iter()
                     .enumerate()
@@ -2092,6 +2096,26 @@ macro_rules! sql_store {
                         _ => None,
                     })
                     .collect();
+                let new_users: Vec<String> = ensured
+                    .iter()
+                    .map(|e| e.1.to_owned())
+                    .chain(creates.iter().flat_map(|c| c.1.member_ids.iter().cloned()))
+                    .collect();
+                if !new_users.is_empty() {
+                    self.ensure_users(&mut tx, &new_users).await?;
+                }
+                let ensured_ids: Vec<&str> = ensured.iter().map(|e| e.1).collect();
+                let deactivated: std::collections::HashSet<String> = self
+                    .fetch_in(
+                        &mut tx,
+                        "select user_id from users where deactivated_at is not null and user_id {in}",
+                        &ensured_ids,
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(db_error)?;
                 let (made, mut pending) = if creates.is_empty() {
                     (Vec::new(), Vec::new())
                 } else {
@@ -2104,7 +2128,7 @@ macro_rules! sql_store {
                 let mut pairs: Vec<(&str, &str)> = ops
                     .iter()
                     .filter_map(|op| match op {
-                        WriteOp::Create(_) => None,
+                        WriteOp::Create(_) | WriteOp::EnsureUser { .. } => None,
                         WriteOp::Send { conversation_id, sender_id, .. } => {
                             Some((conversation_id.as_str(), sender_id.as_str()))
                         }
@@ -2209,6 +2233,13 @@ macro_rules! sql_store {
                 // The sends, in arrival order.
                 let mut outcomes: Vec<Option<StoreResult<WriteOutcome>>> =
                     (0..ops.len()).map(|_| None).collect();
+                for &(i, user) in &ensured {
+                    outcomes[i] = Some(Ok(WriteOutcome::User(if deactivated.contains(user) {
+                        UserState::Deactivated
+                    } else {
+                        UserState::Active
+                    })));
+                }
                 for ((i, _), outcome) in creates.iter().zip(made) {
                     outcomes[*i] = Some(outcome.map(|(id, created)| WriteOutcome::Created { id, created }));
                 }

@@ -81,7 +81,27 @@ async fn store_contract(db: Db) {
         .unwrap();
     assert_eq!(up[0].name, "A");
     assert!(s.get_users(&["nobody".into()]).await.unwrap().is_empty());
-    assert_eq!(s.user_for_token("b").await.unwrap(), UserState::Active);
+    assert_eq!(s.user_state("b").await.unwrap(), None);
+    let batch = s
+        .write_batch(&[
+            WriteOp::EnsureUser {
+                user_id: "b".into(),
+            },
+            WriteOp::EnsureUser {
+                user_id: "a".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(
+        batch.outcomes[..],
+        [
+            Ok(WriteOutcome::User(UserState::Active)),
+            Ok(WriteOutcome::User(UserState::Active))
+        ]
+    ));
+    assert!(batch.changes.is_empty());
+    assert_eq!(s.user_state("b").await.unwrap(), Some(UserState::Active));
     assert_eq!(
         s.get_users(&["b".into()]).await.unwrap()[0].name,
         "b",
@@ -92,7 +112,23 @@ async fn store_contract(db: Db) {
         Err(StoreError::NotFound)
     ));
     s.deactivate_user("b").await.unwrap();
-    assert_eq!(s.user_for_token("b").await.unwrap(), UserState::Deactivated);
+    assert_eq!(
+        s.user_state("b").await.unwrap(),
+        Some(UserState::Deactivated)
+    );
+    let batch = s
+        .write_batch(&[WriteOp::EnsureUser {
+            user_id: "b".into(),
+        }])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            batch.outcomes[..],
+            [Ok(WriteOutcome::User(UserState::Deactivated))]
+        ),
+        "a deactivated user stays deactivated"
+    );
 
     // conversations
     let created = s
@@ -606,7 +642,7 @@ async fn batched_creates(db: Db) {
         "{roles:?}"
     );
     // The users were made bare.
-    assert_eq!(s.user_for_token("d").await.unwrap(), UserState::Active);
+    assert_eq!(s.user_state("d").await.unwrap(), Some(UserState::Active));
 
     // Later: the existing pair, a new one, and a send into a conversation of the first batch.
     let batch = s
