@@ -1085,35 +1085,20 @@ macro_rules! sql_store {
             }
 
             /// One transaction of an import batch's messages, for conversations no other running
-            /// shard has: skip the messages already imported, lock the conversations (in id
-            /// order, as sends lock them) and read their seq state under the lock, give the new
+            /// shard has: lock the conversations (in id order, as sends lock them) and read
+            /// their seq state under the lock, skip the messages already imported (`probe`, or
+            /// when some are older than their conversation's newest message; otherwise a message
+            /// imported before fails the transaction with a unique violation of its external
+            /// id, and the caller runs it again with the probe), give the new
             /// messages seqs in created_at order, write them in bulk, then the conversations'
             /// denormalized fields and read positions and one `conversation.updated` each.
             /// Returns the touched conversations and the committed changes.
             async fn import_messages(
                 &self,
                 mut groups: Vec<(&str, Vec<&$crate::storage::ImportMessage>)>,
+                probe: bool,
             ) -> StoreResult<(Vec<String>, Vec<Change>)> {
                 let mut tx = self.begin().await?;
-                // Sorted, so the index is walked in order.
-                let mut ext_ids: Vec<&str> = groups
-                    .iter()
-                    .flat_map(|(_, msgs)| msgs.iter().map(|m| m.external_id.as_str()))
-                    .collect();
-                ext_ids.sort_unstable();
-                let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-                for r in self
-                    .fetch_in(&mut tx, "select external_id from messages where external_id is not null and external_id {in}", &ext_ids)
-                    .await?
-                {
-                    known.insert(r.try_get(0).map_err(db_error)?);
-                }
-                if !known.is_empty() {
-                    for (_, msgs) in &mut groups {
-                        msgs.retain(|m| !known.contains(&m.external_id));
-                    }
-                    groups.retain(|(_, msgs)| !msgs.is_empty());
-                }
                 groups.sort_by(|a, b| a.0.cmp(b.0));
                 let lock_ids: Vec<&str> = groups.iter().map(|(c, _)| *c).collect();
                 let mut by_id: HashMap<String, (i64, Option<i64>)> = HashMap::new();
@@ -1133,6 +1118,34 @@ macro_rules! sql_store {
                         r.try_get(0).map_err(db_error)?,
                         (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
                     );
+                }
+                // Messages older than their conversation's newest are where repeats are (a
+                // re-import): probed before anything is written, as asked.
+                let probe = probe
+                    || groups.iter().any(|(conv, msgs)| {
+                        let oldest = msgs.iter().map(|m| m.created_at).min();
+                        matches!((by_id.get(*conv), oldest), (Some((_, Some(at))), Some(o)) if o < *at)
+                    });
+                if probe {
+                    // Sorted, so the index is walked in order.
+                    let mut ext_ids: Vec<&str> = groups
+                        .iter()
+                        .flat_map(|(_, msgs)| msgs.iter().map(|m| m.external_id.as_str()))
+                        .collect();
+                    ext_ids.sort_unstable();
+                    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+                    for r in self
+                        .fetch_in(&mut tx, "select external_id from messages where external_id is not null and external_id {in}", &ext_ids)
+                        .await?
+                    {
+                        known.insert(r.try_get(0).map_err(db_error)?);
+                    }
+                    if !known.is_empty() {
+                        for (_, msgs) in &mut groups {
+                            msgs.retain(|m| !known.contains(&m.external_id));
+                        }
+                        groups.retain(|(_, msgs)| !msgs.is_empty());
+                    }
                 }
                 let mut rows: Vec<ImportRow> = Vec::with_capacity(groups.iter().map(|g| g.1.len()).sum());
                 let mut touched: Vec<Touched> = Vec::new();
@@ -3097,8 +3110,17 @@ macro_rules! sql_store {
                     load[i] += g.1.len();
                     shards[i].push(g);
                 }
+                // Optimistic first: a batch of messages none of which was imported before (a
+                // first import) skips the probe of its external ids, 100,000 index lookups a
+                // batch; the unique index still refuses a repeat, and then the shard runs again
+                // with the probe (a re-import pays one failed statement a shard).
                 let done = futures_util::future::try_join_all(
-                    shards.into_iter().filter(|s| !s.is_empty()).map(|s| self.import_messages(s)),
+                    shards.into_iter().filter(|s| !s.is_empty()).map(|s| async move {
+                        match self.import_messages(s.clone(), false).await {
+                            Err(StoreError::Conflict(_)) => self.import_messages(s, true).await,
+                            other => other,
+                        }
+                    }),
                 )
                 .await?;
                 let created_ids: std::collections::HashSet<&str> =

@@ -195,6 +195,43 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         after["events"].as_array().unwrap().is_empty(),
         "a re-import records no change"
     );
+    // A later file that repeats some messages and brings new ones (a resumed export): the
+    // repeats are skipped, the new ones appended, in both conversations of the batch.
+    let later = [
+        json!({"record": "message", "conversation_external_id": "legacy-1", "external_id": "m3", "sender_id": "ann", "text": "third, unread", "created_at": "2020-01-01T10:00:03.000Z"}),
+        json!({"record": "message", "conversation_external_id": "legacy-1", "external_id": "m7", "sender_id": "bob", "text": "fourth", "created_at": "2020-01-01T10:00:07.000Z"}),
+        json!({"record": "message", "conversation_external_id": "legacy-2", "external_id": "m8", "sender_id": "ann", "text": "group again", "created_at": "2020-01-03T00:00:00.000Z"}),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let done3 = app.import_ndjson(later).await;
+    assert_eq!(done3.last().unwrap()["errors"], 0, "{done3:?}");
+    let page3 = app
+        .get(&format!("/v1/conversations/{id}/messages"), &b)
+        .await
+        .expect(200);
+    let got: Vec<(i64, &str)> = page3["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "first"),
+            (2, "second"),
+            (3, "third, unread"),
+            (4, "fourth")
+        ]
+    );
+    let gid = g["id"].as_str().unwrap();
+    let gpage = app
+        .get(&format!("/v1/conversations/{gid}/messages"), &b)
+        .await
+        .expect(200);
+    assert_eq!(gpage["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(gpage["messages"][1]["text"], "group again");
     // Server token only.
     app.raw(reqwest::Method::POST, "/v1/import", Some(&b), None)
         .await
