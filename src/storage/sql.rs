@@ -910,6 +910,43 @@ macro_rules! sql_store {
                 })
             }
 
+            /// Member rows of new conversations: (conversation, user, role, joined at). The
+            /// activity copy starts at the join time, the read position at 0 (a new
+            /// conversation has no messages); a row already there is left as it is.
+            async fn insert_members(&self, tx: &mut Tx, rows: &[(&str, &str, &str, i64)]) -> StoreResult<()> {
+                for chunk in rows.chunks(1000) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
+                         values {} on conflict do nothing",
+                        tuples(1, chunk.len(), 5)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, u, role, at) in chunk {
+                        q = q.bind(*c).bind(*u).bind(*role).bind(*at).bind(*at);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+                Ok(())
+            }
+
+            /// Tags of conversations: (conversation, tag); a tag already there is left as it is.
+            async fn insert_tags(&self, tx: &mut Tx, tags: &[(&str, &str)]) -> StoreResult<()> {
+                for chunk in tags.chunks(1000) {
+                    self.tick(1);
+                    let sql = format!(
+                        "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
+                        tuples(1, chunk.len(), 2)
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for (c, tag) in chunk {
+                        q = q.bind(*c).bind(*tag);
+                    }
+                    q.execute(&mut **tx).await.map_err(db_error)?;
+                }
+                Ok(())
+            }
+
             /// Creates conversations in `tx` (their members are users already: the caller
             /// ensures them first, in the same statement as any other new users of the
             /// transaction, so the users are locked in one order): one multi-row statement per
@@ -989,7 +1026,7 @@ macro_rules! sql_store {
                     by_ext.insert(r.try_get(0).map_err(db_error)?, r.try_get(1).map_err(db_error)?);
                 }
 
-                let members: Vec<(&str, &str, &str)> = made
+                let members: Vec<(&str, &str, &str, i64)> = made
                     .iter()
                     .flat_map(|(_, n, id, _)| {
                         n.member_ids.iter().map(move |m| {
@@ -998,40 +1035,16 @@ macro_rules! sql_store {
                             } else {
                                 "member"
                             };
-                            (id.as_str(), m.as_str(), role)
+                            (id.as_str(), m.as_str(), role, t)
                         })
                     })
                     .collect();
-                // last_read_seq takes its default (0): a new conversation has no messages.
-                for chunk in members.chunks(1000) {
-                    self.tick(1);
-                    let sql = format!(
-                        "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
-                         values {}",
-                        tuples(1, chunk.len(), 5)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (c, u, role) in chunk {
-                        q = q.bind(*c).bind(*u).bind(*role).bind(t).bind(t);
-                    }
-                    q.execute(&mut **tx).await.map_err(db_error)?;
-                }
+                self.insert_members(tx, &members).await?;
                 let tags: Vec<(&str, &str)> = made
                     .iter()
                     .flat_map(|(_, n, id, _)| n.tags.iter().map(move |tag| (id.as_str(), tag.as_str())))
                     .collect();
-                for chunk in tags.chunks(1000) {
-                    self.tick(1);
-                    let sql = format!(
-                        "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
-                        tuples(1, chunk.len(), 2)
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for (c, tag) in chunk {
-                        q = q.bind(*c).bind(*tag);
-                    }
-                    q.execute(&mut **tx).await.map_err(db_error)?;
-                }
+                self.insert_tags(tx, &tags).await?;
 
                 let mut outcomes: Vec<Option<StoreResult<(String, bool)>>> =
                     (0..news.len()).map(|_| None).collect();
@@ -2963,35 +2976,12 @@ macro_rules! sql_store {
                             c.member_ids.iter().map(move |m| (id.as_str(), m.as_str(), "member", at))
                         })
                         .collect();
-                    for chunk in rows.chunks(1000) {
-                        self.tick(1);
-                        let sql = format!(
-                            "insert into members (conversation_id, user_id, role, joined_at, activity_at) \
-                             values {} on conflict do nothing",
-                            tuples(1, chunk.len(), 5)
-                        );
-                        let mut q = sqlx::query(AssertSqlSafe(sql));
-                        for (c, u, role, at) in chunk {
-                            q = q.bind(*c).bind(*u).bind(*role).bind(*at).bind(*at);
-                        }
-                        q.execute(&mut *tx).await.map_err(db_error)?;
-                    }
+                    self.insert_members(&mut tx, &rows).await?;
                     let tags: Vec<(&str, &str)> = created
                         .iter()
                         .flat_map(|(id, c)| c.tags.iter().map(move |tag| (id.as_str(), tag.as_str())))
                         .collect();
-                    for chunk in tags.chunks(1000) {
-                        self.tick(1);
-                        let sql = format!(
-                            "insert into conversation_tags (conversation_id, tag) values {} on conflict do nothing",
-                            tuples(1, chunk.len(), 2)
-                        );
-                        let mut q = sqlx::query(AssertSqlSafe(sql));
-                        for (c, tag) in chunk {
-                            q = q.bind(*c).bind(*tag);
-                        }
-                        q.execute(&mut *tx).await.map_err(db_error)?;
-                    }
+                    self.insert_tags(&mut tx, &tags).await?;
                     for (id, c) in &created {
                         let at = c.created_at.unwrap_or(t);
                         let mut tags = c.tags.clone();
