@@ -57,6 +57,16 @@ async fn large_import_refreshes_planner_statistics() {
     );
 }
 
+/// A page of messages as (seq, text) pairs.
+fn seq_texts(page: &serde_json::Value) -> Vec<(i64, &str)> {
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
+        .collect()
+}
+
 fn file() -> String {
     let lines = [
         json!({"record": "user", "id": "ann", "name": "Ann", "kind": "company"}).to_string(),
@@ -133,12 +143,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         .get(&format!("/v1/conversations/{id}/messages"), &b)
         .await
         .expect(200);
-    let got: Vec<(i64, &str)> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
-        .collect();
+    let got = seq_texts(&page);
     assert_eq!(got, [(1, "first"), (2, "second"), (3, "third, unread")]);
     // Unread: imported messages are read unless marked; bob has one unread from ann.
     let unread = app.get("/v1/unread", &b).await.expect(200);
@@ -210,12 +215,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         .get(&format!("/v1/conversations/{id}/messages"), &b)
         .await
         .expect(200);
-    let got: Vec<(i64, &str)> = page3["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
-        .collect();
+    let got = seq_texts(&page3);
     assert_eq!(
         got,
         [
@@ -263,12 +263,7 @@ async fn import_into_newer_history_renumbers(db: Db) {
         .get(&format!("/v1/conversations/{id}/messages"), &b)
         .await
         .expect(200);
-    let got: Vec<(i64, &str)> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["seq"].as_i64().unwrap(), m["text"].as_str().unwrap()))
-        .collect();
+    let got = seq_texts(&page);
     assert_eq!(
         got,
         [
