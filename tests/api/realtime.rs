@@ -233,6 +233,20 @@ async fn client_events(db: Db) {
         .expect(200);
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
 
+    // A frame many times the WebSocket read buffer (1 KiB) arrives whole: the longest text,
+    // two bytes a character (16 KB).
+    let long = "é".repeat(confab::domain::MAX_TEXT_CHARS);
+    let ack = ann1
+        .emit(
+            "message.send",
+            json!({"conversation_id": g, "client_id": "long", "text": long}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["message"]["seq"], 2);
+    assert_eq!(bob.event("message.new").await["text"], long.as_str());
+    assert_eq!(ann2.event("message.new").await["seq"], 2);
+
     let bad = ann1
         .emit(
             "message.send",
@@ -271,8 +285,8 @@ async fn client_events(db: Db) {
     // read: acknowledged and delivered to the members.
     let r = bob.emit("read", json!({"conversation_id": g})).await;
     assert_eq!(r["ok"], true);
-    assert_eq!(r["last_read_seq"], 1);
-    assert_eq!(ann1.event("read").await["seq"], 1);
+    assert_eq!(r["last_read_seq"], 2);
+    assert_eq!(ann1.event("read").await["seq"], 2);
     let r = bob
         .emit("read", json!({"conversation_id": g, "seq": "x"}))
         .await;
