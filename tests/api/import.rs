@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::both;
-use crate::helpers::{Db, fresh_database, spawn_app, spawn_app_with, test_config};
+use crate::helpers::{Db, TestApp, fresh_database, spawn_app, spawn_app_with, test_config};
 
 both!(
     import_streams_reports_and_is_idempotent,
@@ -55,6 +55,13 @@ async fn large_import_refreshes_planner_statistics() {
         1,
         "a large import analyzes before its summary"
     );
+}
+
+/// The newest page of a conversation's messages, as `token` sees it.
+async fn messages(app: &TestApp, conversation: &str, token: &str) -> serde_json::Value {
+    app.get(&format!("/v1/conversations/{conversation}/messages"), token)
+        .await
+        .expect(200)
 }
 
 /// A page of messages as (seq, text) pairs.
@@ -139,10 +146,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
     assert_eq!(d["last_message"]["text"], "third, unread");
     assert_eq!(d["last_message_at"], "2020-01-01T10:00:03.000Z");
     let id = d["id"].as_str().unwrap();
-    let page = app
-        .get(&format!("/v1/conversations/{id}/messages"), &b)
-        .await
-        .expect(200);
+    let page = messages(&app, id, &b).await;
     let got = seq_texts(&page);
     assert_eq!(got, [(1, "first"), (2, "second"), (3, "third, unread")]);
     // Unread: imported messages are read unless marked; bob has one unread from ann.
@@ -184,10 +188,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         ),
         (Some(4), Some(2), Some(3))
     );
-    let page2 = app
-        .get(&format!("/v1/conversations/{id}/messages"), &b)
-        .await
-        .expect(200);
+    let page2 = messages(&app, id, &b).await;
     assert_eq!(page2, page);
     let after = app
         .get(
@@ -211,10 +212,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
     .join("\n");
     let done3 = app.import_ndjson(later).await;
     assert_eq!(done3.last().unwrap()["errors"], 0, "{done3:?}");
-    let page3 = app
-        .get(&format!("/v1/conversations/{id}/messages"), &b)
-        .await
-        .expect(200);
+    let page3 = messages(&app, id, &b).await;
     let got = seq_texts(&page3);
     assert_eq!(
         got,
@@ -226,10 +224,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         ]
     );
     let gid = g["id"].as_str().unwrap();
-    let gpage = app
-        .get(&format!("/v1/conversations/{gid}/messages"), &b)
-        .await
-        .expect(200);
+    let gpage = messages(&app, gid, &b).await;
     assert_eq!(gpage["messages"].as_array().unwrap().len(), 2);
     assert_eq!(gpage["messages"][1]["text"], "group again");
     // Server token only.
@@ -259,10 +254,7 @@ async fn import_into_newer_history_renumbers(db: Db) {
     let b = app.user("bob");
     let list = app.get("/v1/conversations", &b).await.expect(200);
     let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
-    let page = app
-        .get(&format!("/v1/conversations/{id}/messages"), &b)
-        .await
-        .expect(200);
+    let page = messages(&app, &id, &b).await;
     let got = seq_texts(&page);
     assert_eq!(
         got,
@@ -319,10 +311,7 @@ async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
         "{out:?}"
     );
     let a = app.user("ann");
-    let page = app
-        .get(&format!("/v1/conversations/{id}/messages"), &a)
-        .await
-        .expect(200);
+    let page = messages(&app, &id, &a).await;
     let got: Vec<(i64, String)> = page["messages"]
         .as_array()
         .unwrap()
@@ -371,10 +360,7 @@ async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
         .to_owned();
     let again = app.import_ndjson(file.join("\n")).await;
     assert_eq!(again.last().unwrap()["messages"], 5);
-    let page2 = app
-        .get(&format!("/v1/conversations/{id}/messages"), &a)
-        .await
-        .expect(200);
+    let page2 = messages(&app, &id, &a).await;
     assert_eq!(page2, page);
     let ev = app
         .get(&format!("/v1/sync?since={since}"), &a)
