@@ -2812,9 +2812,9 @@ macro_rules! sql_store {
                 // fields follow in the same transaction.
                 let mut tx = self.begin().await?;
                 self.tick(2);
-                let gone: Vec<String> = sqlx::query_scalar(
+                let gone: Vec<(String, String)> = sqlx::query_as(
                     "delete from messages where message_id in (select message_id from messages \
-                     where created_at < $1 limit $2) returning conversation_id",
+                     where created_at < $1 limit $2) returning conversation_id, message_id",
                 )
                 .bind(cutoff)
                 .bind(batch as i64)
@@ -2822,19 +2822,27 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_error)?;
                 purged.messages = gone.len() as u64;
-                let mut convs = gone;
-                convs.sort_unstable();
-                convs.dedup();
-                for chunk in convs.chunks(500) {
+                // Only a conversation whose last message was deleted gets a new one. The
+                // condition is on the row itself, so PostgreSQL re-checks it on the newest
+                // version when a concurrent send updated the row first: that send's message
+                // stays the last one, although this statement's snapshot cannot see it.
+                for chunk in gone.chunks(400) {
+                    let mut convs: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
+                    convs.sort_unstable();
+                    convs.dedup();
                     let sql = format!(
                         "update conversations set last_message_id = (select m.message_id from messages m \
                          where m.conversation_id = conversations.conversation_id order by m.seq desc limit 1) \
-                         where conversation_id in ({})",
-                        params(1, chunk.len())
+                         where conversation_id in ({}) and last_message_id in ({})",
+                        params(1, convs.len()),
+                        params(1 + convs.len(), chunk.len())
                     );
                     let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for c in chunk {
+                    for c in convs {
                         q = q.bind(c);
+                    }
+                    for (_, m) in chunk {
+                        q = q.bind(m);
                     }
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }

@@ -675,3 +675,79 @@ async fn batched_creates(db: Db) {
         .unwrap();
     assert_eq!(page.conversations.len(), 3, "ab, the group and ae");
 }
+
+/// A retention pass racing a send on PostgreSQL. The pass's update of the conversation's last
+/// message runs on a snapshot that cannot see the send's message, and waits on the row the send
+/// updated; once the send commits, its message must stay the last one (it once became none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_racing_a_send_keeps_its_message_last() {
+    use sqlx::Connection;
+    let url = fresh_database(Db::Postgres).await;
+    let s = confab::storage::open_url(&url, std::time::Duration::from_secs(5), 4)
+        .await
+        .unwrap();
+    let (g, _) = s
+        .create_conversation(&group(&["a", "b"], Some("a")))
+        .await
+        .unwrap()
+        .value;
+    s.write_batch(&[send(&g, "a", "1"), send(&g, "a", "2")])
+        .await
+        .unwrap();
+    let now = confab::domain::Timestamp::now().0;
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("update messages set created_at = created_at - 172800000")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    // The send, written but not committed: its message and the conversation's new last one.
+    let mut send_tx = c.begin().await.unwrap();
+    sqlx::query(
+        "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, created_at) \
+         values ('m_new', $1, 3, 'a', 'text', 'new', $2)",
+    )
+    .bind(&g)
+    .bind(now)
+    .execute(&mut *send_tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "update conversations set last_seq = 3, last_message_id = 'm_new' where conversation_id = $1",
+    )
+    .bind(&g)
+    .execute(&mut *send_tx)
+    .await
+    .unwrap();
+    let purge = tokio::spawn({
+        let s = s.clone();
+        async move { s.purge_before(now - 86_400_000, 500).await }
+    });
+    // The pass has deleted the old messages and waits on the conversation's row.
+    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and query like 'update conversations set last_message_id%'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the retention pass never waited on the row");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    send_tx.commit().await.unwrap();
+    let purged = purge.await.unwrap().unwrap();
+    assert_eq!(purged.messages, 2);
+    let last: Option<String> =
+        sqlx::query_scalar("select last_message_id from conversations where conversation_id = $1")
+            .bind(&g)
+            .fetch_one(&mut watch)
+            .await
+            .unwrap();
+    assert_eq!(last.as_deref(), Some("m_new"));
+}
