@@ -20,10 +20,26 @@ both!(
 );
 
 async fn open(db: Db) -> DynStore {
-    let url = fresh_database(db).await;
-    confab::storage::open_url(&url, std::time::Duration::from_secs(5), 4)
+    open_at(&fresh_database(db).await).await
+}
+
+async fn open_at(url: &str) -> DynStore {
+    confab::storage::open_url(url, std::time::Duration::from_secs(5), 4)
         .await
         .unwrap()
+}
+
+/// A group of a and b with two messages from a; its id.
+async fn group_of_two_messages(s: &DynStore) -> String {
+    let (g, _) = s
+        .create_conversation(&group(&["a", "b"], Some("a")))
+        .await
+        .unwrap()
+        .value;
+    s.write_batch(&[send(&g, "a", "1"), send(&g, "a", "2")])
+        .await
+        .unwrap();
+    g
 }
 
 fn group(members: &[&str], creator: Option<&str>) -> NewConversation {
@@ -507,14 +523,7 @@ async fn outbox_leases(db: Db) {
     }
     let s = open(db).await;
     s.enable_outbox(std::sync::Arc::new(NobodyOnline));
-    let (g, _) = s
-        .create_conversation(&group(&["a", "b"], Some("a")))
-        .await
-        .unwrap()
-        .value;
-    s.write_batch(&[send(&g, "a", "1"), send(&g, "a", "2")])
-        .await
-        .unwrap();
+    group_of_two_messages(&s).await;
     let (_h, _) = s
         .create_conversation(&group(&["a"], None))
         .await
@@ -683,17 +692,8 @@ async fn batched_creates(db: Db) {
 async fn purge_racing_a_send_keeps_its_message_last() {
     use sqlx::Connection;
     let url = fresh_database(Db::Postgres).await;
-    let s = confab::storage::open_url(&url, std::time::Duration::from_secs(5), 4)
-        .await
-        .unwrap();
-    let (g, _) = s
-        .create_conversation(&group(&["a", "b"], Some("a")))
-        .await
-        .unwrap()
-        .value;
-    s.write_batch(&[send(&g, "a", "1"), send(&g, "a", "2")])
-        .await
-        .unwrap();
+    let s = open_at(&url).await;
+    let g = group_of_two_messages(&s).await;
     let now = confab::domain::Timestamp::now().0;
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("update messages set created_at = created_at - 172800000")
