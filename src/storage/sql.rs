@@ -1132,6 +1132,14 @@ macro_rules! sql_store {
                         (r.try_get(1).map_err(db_error)?, r.try_get(2).map_err(db_error)?),
                     );
                 }
+                // Every row written below references a conversation locked here (PostgreSQL's
+                // COPY may skip the per-row foreign-key check on that ground). Conversations
+                // are never deleted, so this holds; if it ever did not, nothing is written.
+                if let Some((missing, _)) = groups.iter().find(|(c, _)| !by_id.contains_key(*c)) {
+                    return Err(StoreError::Other(anyhow::anyhow!(
+                        "import: conversation {missing} is gone"
+                    )));
+                }
                 // Messages older than their conversation's newest are where repeats are (a
                 // re-import): probed before anything is written, as asked.
                 let probe = probe

@@ -234,7 +234,43 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
 }
 
 async fn import_into_newer_history_renumbers(db: Db) {
-    let app = spawn_app(db).await;
+    renumbers(spawn_app(db).await).await
+}
+
+/// On PostgreSQL a role that may not set `session_replication_role` (not a superuser, as on
+/// most managed databases) imports with the COPY's per-row foreign-key check, and gets the same
+/// result as the superuser the other tests connect as, which skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_as_a_role_without_replication_rights() {
+    use sqlx::Connection;
+    let url = fresh_database(Db::Postgres).await;
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    crate::helpers::exec_sql(
+        Db::Postgres,
+        &url,
+        &format!(
+            "do $$ begin create role confab_t_plain login; \
+             exception when duplicate_object then null; end $$; \
+             alter database {name} owner to confab_t_plain"
+        ),
+    )
+    .await;
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let plain = format!("{scheme}://confab_t_plain@{host}");
+    let mut c = sqlx::PgConnection::connect(&plain).await.unwrap();
+    assert!(
+        sqlx::query("set session_replication_role = replica")
+            .execute(&mut c)
+            .await
+            .is_err(),
+        "the role must not be allowed the fast path"
+    );
+    renumbers(spawn_app_with(Db::Postgres, test_config(&plain)).await).await
+}
+
+/// Two imports into one conversation, the second older than the first: seqs follow created_at.
+async fn renumbers(app: TestApp) {
     let line = |ext: &str, text: &str, at: &str| {
         json!({"record": "message", "conversation_external_id": "c1", "external_id": ext, "sender_id": "ann", "text": text, "created_at": at}).to_string()
     };
