@@ -24,6 +24,9 @@ pub struct Config {
     pub rate_limit_per_ip: Option<RateLimit>,
     /// Largest number of writes committed in one transaction by the write path.
     pub max_batch: usize,
+    /// Records of an import written per batch (`CONFAB_IMPORT_BATCH`, an extension): memory
+    /// and transaction size against per-batch overhead.
+    pub import_batch: usize,
     /// Tasks committing write batches (`CONFAB_WRITE_WORKERS`, an extension); `None`: 1 on
     /// SQLite (one writer), 2 on PostgreSQL (one batch runs while the previous commits).
     pub write_workers: Option<usize>,
@@ -213,6 +216,14 @@ impl Config {
                 .filter(|n| (1..=10_000).contains(n))
                 .ok_or_else(|| bad("CONFAB_MAX_BATCH", "must be a number from 1 to 10000"))?,
         };
+        let import_batch = match get("CONFAB_IMPORT_BATCH") {
+            None => crate::import::BATCH_RECORDS,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| bad("CONFAB_IMPORT_BATCH", "must be a number from 1 to 1000000"))?,
+        };
         let write_workers = match get("CONFAB_WRITE_WORKERS") {
             None => None,
             Some(v) => Some(
@@ -321,6 +332,7 @@ impl Config {
             rate_limit_per_user,
             rate_limit_per_ip,
             max_batch,
+            import_batch,
             write_workers,
         })
     }
@@ -400,6 +412,7 @@ mod tests {
         assert_eq!(c.db_timeout, Duration::from_secs(5));
         assert_eq!(c.webhook_retry_schedule.len(), 7);
         assert_eq!(c.webhook_retry_schedule[1], Duration::from_secs(300));
+        assert_eq!(c.import_batch, 100_000);
         assert_eq!(
             c.rate_limit_per_user,
             Some(RateLimit {
@@ -419,6 +432,7 @@ mod tests {
             ("CONFAB_WEBHOOK_RETRY_SCHEDULE", "5s,later"),
             ("CONFAB_RETENTION_DAYS", "-1"),
             ("CONFAB_WEBHOOK_SECRET", "nope"),
+            ("CONFAB_IMPORT_BATCH", "0"),
         ] {
             let e = with(&[(var, val)]).unwrap_err();
             assert_eq!(e.var, var);

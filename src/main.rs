@@ -108,7 +108,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 }
                 _ => {
                     let store = confab::storage::open(&config).await?;
-                    confab::import::cli::to_database(&file, &store).await?
+                    confab::import::cli::to_database(&file, &store, config.import_batch).await?
                 }
             };
             println!("{summary}");

@@ -67,7 +67,15 @@ async fn import(
             line.push('\n');
             let _ = tx.send(line);
         };
-        if let Err(e) = import::run(&state.store, &state.bus, body, send).await {
+        if let Err(e) = import::run(
+            &state.store,
+            &state.bus,
+            state.config.import_batch,
+            body,
+            send,
+        )
+        .await
+        {
             tracing::error!(error = %e, "import stopped");
             let err = ApiError::from(e).body();
             let _ = tx.send(format!(

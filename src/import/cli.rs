@@ -91,12 +91,16 @@ fn summary(c: &Counts, started: Instant) -> String {
     .to_string()
 }
 
-pub async fn to_database(file: &Path, store: &DynStore) -> anyhow::Result<String> {
+pub async fn to_database(
+    file: &Path,
+    store: &DynStore,
+    batch_records: usize,
+) -> anyhow::Result<String> {
     let (size, stream) = chunks(file).await?;
     let mut progress = Progress::new(size);
     let started = Instant::now();
     let bus = ChangeBus::new();
-    let counts = super::run(store, &bus, stream, |r| match r {
+    let counts = super::run(store, &bus, batch_records, stream, |r| match r {
         Report::Error { line, error } => eprintln!("\rline {line}: {}", error),
         Report::Progress { progress: c } => progress.show(&c, false),
         Report::Done { counts, .. } => progress.show(&counts, true),

@@ -18,7 +18,7 @@ use crate::domain::{
 use crate::storage::{DynStore, ImportBatch, ImportConversation, ImportMessage};
 use crate::write_path::ChangeBus;
 
-/// Records per transaction.
+/// Records per batch by default (`CONFAB_IMPORT_BATCH`).
 pub const BATCH_RECORDS: usize = 100_000;
 /// The longest line accepted.
 pub const MAX_LINE: usize = 1024 * 1024;
@@ -70,6 +70,7 @@ pub const REFRESH_STATISTICS_AFTER: u64 = 10_000;
 pub async fn run<S, E>(
     store: &DynStore,
     bus: &ChangeBus,
+    batch_records: usize,
     body: S,
     report: impl FnMut(Report),
 ) -> Result<Counts, crate::storage::StoreError>
@@ -83,10 +84,10 @@ where
     let mut pending = 0usize;
     let mut lines = LineSplitter::default();
     let mut body = body;
-    // The batch being written while the next one is parsed: parsing (this task) and the
-    // database (its own connection) overlap. A batch starts only after the previous one has
-    // committed, so it sees the conversations that one created.
-    let mut writing: Option<tokio::task::JoinHandle<Written>> = None;
+    // Batches in flight, oldest first, at most two, while the next one is parsed: parsing (this
+    // task) and the database overlap, and so do one batch's messages and the next one's users
+    // and conversations (see `start`).
+    let mut writing: std::collections::VecDeque<Writing> = std::collections::VecDeque::new();
     loop {
         let chunk = body.next().await;
         let end = match &chunk {
@@ -139,11 +140,14 @@ where
                     }
                 },
             }
-            if pending >= BATCH_RECORDS {
-                if let Some(w) = writing.take() {
+            if pending >= batch_records {
+                if writing.len() >= 2
+                    && let Some(w) = writing.pop_front()
+                {
                     finish(w, bus, &mut counts, &mut report).await?;
                 }
-                writing = Some(start(store, std::mem::take(&mut batch)));
+                let next = start(store, std::mem::take(&mut batch), writing.back());
+                writing.push_back(next);
                 pending = 0;
             }
         }
@@ -151,11 +155,12 @@ where
             break;
         }
     }
-    if let Some(w) = writing.take() {
-        finish(w, bus, &mut counts, &mut report).await?;
-    }
     if pending > 0 {
-        finish(start(store, batch), bus, &mut counts, &mut report).await?;
+        let last = start(store, batch, writing.back());
+        writing.push_back(last);
+    }
+    while let Some(w) = writing.pop_front() {
+        finish(w, bus, &mut counts, &mut report).await?;
     }
     // Before the summary, so that listings are planned for the new data once it is reported.
     if counts.users + counts.conversations + counts.messages >= REFRESH_STATISTICS_AFTER
@@ -195,19 +200,78 @@ fn capped(mut report: impl FnMut(Report)) -> impl FnMut(Report) {
 type Written =
     Result<crate::storage::Committed<crate::storage::ImportOutcome>, crate::storage::StoreError>;
 
-fn start(store: &DynStore, batch: ImportBatch) -> tokio::task::JoinHandle<Written> {
+/// Where a batch in flight is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Started,
+    /// Its users and conversations are committed.
+    Prepared,
+    /// Its messages are committed.
+    Written,
+    Failed,
+}
+
+/// A batch in flight: its task, and its stage for the batch after it.
+struct Writing {
+    task: tokio::task::JoinHandle<Written>,
+    stage: tokio::sync::watch::Receiver<Stage>,
+}
+
+/// Starts writing `batch` after `previous`: its users and conversations once the previous
+/// batch's are committed (it may name conversations that one creates), its messages once the
+/// previous batch's are (seqs follow created_at across batches without renumbering). So one
+/// batch's messages are written while the next one's conversations are, on another
+/// connection. If the previous batch fails, this one writes no messages.
+fn start(store: &DynStore, batch: ImportBatch, previous: Option<&Writing>) -> Writing {
     let store = store.clone();
-    tokio::spawn(async move { store.import_batch(&batch).await })
+    let mut previous = previous.map(|w| w.stage.clone());
+    let (stage, rx) = tokio::sync::watch::channel(Stage::Started);
+    let task = tokio::spawn(async move {
+        // Failed is the last stage; a previous batch gone without one failed (it panicked).
+        let mut reached = async |want: Stage| match &mut previous {
+            None => true,
+            Some(p) => {
+                matches!(p.wait_for(|s| *s >= want).await.map(|s| *s), Ok(s) if s != Stage::Failed)
+            }
+        };
+        let earlier_failed = || {
+            crate::storage::StoreError::Other(anyhow::anyhow!("import: an earlier batch failed"))
+        };
+        if !reached(Stage::Prepared).await {
+            stage.send_replace(Stage::Failed);
+            return Err(earlier_failed());
+        }
+        let prepared = match store.import_prepare(&batch).await {
+            Ok(p) => p,
+            Err(e) => {
+                stage.send_replace(Stage::Failed);
+                return Err(e);
+            }
+        };
+        stage.send_replace(Stage::Prepared);
+        if !reached(Stage::Written).await {
+            stage.send_replace(Stage::Failed);
+            return Err(earlier_failed());
+        }
+        let written = store.import_write(&batch, prepared).await;
+        stage.send_replace(if written.is_ok() {
+            Stage::Written
+        } else {
+            Stage::Failed
+        });
+        written
+    });
+    Writing { task, stage: rx }
 }
 
 /// Waits for a batch's commit, then reports its bad lines and the progress.
 async fn finish(
-    writing: tokio::task::JoinHandle<Written>,
+    writing: Writing,
     bus: &ChangeBus,
     counts: &mut Counts,
     report: &mut impl FnMut(Report),
 ) -> Result<(), crate::storage::StoreError> {
-    let committed = writing.await.map_err(|e| {
+    let committed = writing.task.await.map_err(|e| {
         crate::storage::StoreError::Other(anyhow::anyhow!("import batch task: {e}"))
     })??;
     bus.publish(committed.changes);

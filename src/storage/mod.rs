@@ -14,6 +14,7 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -278,6 +279,20 @@ pub struct ImportOutcome {
     pub errors: Vec<(usize, String, &'static str)>,
 }
 
+/// The first part of an import batch, committed: its users and conversations. The messages
+/// are written from it by [`Store::import_write`].
+#[derive(Debug, Default)]
+pub struct ImportPrepared {
+    /// So far: users, conversations, new conversations, bad conversation records.
+    pub outcome: ImportOutcome,
+    /// Conversation id by external id, for every external id the batch names that exists.
+    pub conversations: HashMap<String, String>,
+    /// The conversations this batch created.
+    pub created: HashSet<String>,
+    /// Their `conversation.created` changes.
+    pub changes: Vec<Change>,
+}
+
 /// A background job (the Messenger source) as stored.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Job {
@@ -461,7 +476,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes one import batch in one transaction with bulk statements, idempotent on user ids
     /// and external ids. Messages get seqs in `created_at` order (see docs/import.md).
-    async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>>;
+    async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>> {
+        let prepared = self.import_prepare(batch).await?;
+        self.import_write(batch, prepared).await
+    }
+
+    /// The first part of [`Store::import_batch`]: the batch's users and conversations, in a
+    /// transaction of their own. A batch that names conversations another batch creates must
+    /// be prepared after that one.
+    async fn import_prepare(&self, batch: &ImportBatch) -> StoreResult<ImportPrepared>;
+
+    /// The second part: the batch's messages. Batches are written in their order (so that seq
+    /// follows created_at without renumbering); the next batch may be prepared meanwhile.
+    async fn import_write(
+        &self,
+        batch: &ImportBatch,
+        prepared: ImportPrepared,
+    ) -> StoreResult<Committed<ImportOutcome>>;
 
     /// Creates a running job leased to the caller for `lease_ms`.
     async fn create_job(&self, kind: &str, params: &Value, lease_ms: i64) -> StoreResult<Job>;

@@ -2894,7 +2894,7 @@ macro_rules! sql_store {
                 Ok(purged)
             }
 
-            async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>> {
+            async fn import_prepare(&self, batch: &ImportBatch) -> StoreResult<$crate::storage::ImportPrepared> {
                 let mut out = ImportOutcome::default();
                 let t = now();
                 let mut tx = self.begin().await?;
@@ -3088,14 +3088,28 @@ macro_rules! sql_store {
                 // The users and conversations are committed first; the messages follow in
                 // `$shards` transactions of disjoint conversations, run at once (on PostgreSQL
                 // each is a backend of its own: one backend's COPY is the import's bottleneck).
-                let created_changes = self.record(&mut tx, pending).await?;
+                let changes = self.record(&mut tx, pending).await?;
                 self.commit(tx).await?;
+                Ok($crate::storage::ImportPrepared {
+                    outcome: out,
+                    conversations: convs.into_iter().map(|(ext, (id, _, _))| (ext, id)).collect(),
+                    created: created.into_iter().map(|(id, _)| id).collect(),
+                    changes,
+                })
+            }
 
+            async fn import_write(
+                &self,
+                batch: &ImportBatch,
+                prepared: $crate::storage::ImportPrepared,
+            ) -> StoreResult<Committed<ImportOutcome>> {
+                let $crate::storage::ImportPrepared { outcome: mut out, conversations: convs, created, changes: created_changes } =
+                    prepared;
                 // The first record of a message external id in the batch is the one imported.
                 let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
                 let mut groups: HashMap<&str, Vec<&$crate::storage::ImportMessage>> = HashMap::new();
                 for m in &batch.messages {
-                    let Some((conv, _, _)) = convs.get(&m.conversation_external_id) else {
+                    let Some(conv) = convs.get(&m.conversation_external_id) else {
                         out.errors.push((m.line, "no conversation has this external id".into(), "conversation_external_id"));
                         continue;
                     };
@@ -3129,11 +3143,9 @@ macro_rules! sql_store {
                     }),
                 )
                 .await?;
-                let created_ids: std::collections::HashSet<&str> =
-                    created.iter().map(|(id, _)| id.as_str()).collect();
                 let mut changes = created_changes;
                 for (touched_ids, shard_changes) in done {
-                    out.upserted += touched_ids.iter().filter(|id| !created_ids.contains(id.as_str())).count() as u64;
+                    out.upserted += touched_ids.iter().filter(|id| !created.contains(id.as_str())).count() as u64;
                     changes.extend(shard_changes);
                 }
                 changes.sort_by_key(|c| c.pos);

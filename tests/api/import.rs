@@ -8,6 +8,7 @@ use crate::helpers::{Db, TestApp, fresh_database, spawn_app, spawn_app_with, tes
 
 both!(
     import_streams_reports_and_is_idempotent,
+    import_in_small_batches_in_flight_together,
     import_into_newer_history_renumbers,
     import_behind_live_messages_keeps_text_and_is_idempotent
 );
@@ -231,6 +232,79 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
     app.raw(reqwest::Method::POST, "/v1/import", Some(&b), None)
         .await
         .error(403, "forbidden");
+}
+
+/// Batches of two records, several in flight at once (one's messages written while the next
+/// one's conversations are): conversations created in one batch and named by the messages of
+/// the next are found, every conversation's seqs follow created_at across batches, a bad line
+/// is reported by its number, and the progress lines count up to the summary.
+async fn import_in_small_batches_in_flight_together(db: Db) {
+    let mut config = test_config(&fresh_database(db).await);
+    config.import_batch = 2;
+    let app = spawn_app_with(db, config).await;
+    let mut lines: Vec<String> = Vec::new();
+    let mut at = 0;
+    let mut message = |lines: &mut Vec<String>, conv: usize, text: String| {
+        at += 1;
+        lines.push(
+            json!({"record": "message", "conversation_external_id": format!("c{conv}"),
+            "external_id": format!("e{at}"), "sender_id": "ann", "text": text,
+            "created_at": format!("2022-03-01T10:{:02}:{:02}Z", at / 60, at % 60)})
+            .to_string(),
+        );
+    };
+    for c in 0..10 {
+        lines.push(json!({"record": "conversation", "external_id": format!("c{c}"), "type": "group", "member_ids": ["ann", "bob"]}).to_string());
+        for k in 0..3 {
+            message(&mut lines, c, format!("c{c} own {k}"));
+        }
+        if c > 0 {
+            message(&mut lines, c - 1, format!("c{} late", c - 1));
+        }
+        if c == 5 {
+            lines.push("not json".into());
+        }
+    }
+    let bad_line = lines.iter().position(|l| l == "not json").unwrap() as i64 + 1;
+    let out = app.import_ndjson(lines.join("\n")).await;
+    let done = out.last().unwrap();
+    assert_eq!(
+        (
+            done["conversations"].as_i64(),
+            done["messages"].as_i64(),
+            done["errors"].as_i64()
+        ),
+        (Some(10), Some(39), Some(1)),
+        "{out:?}"
+    );
+    let errors: Vec<i64> = out.iter().filter_map(|l| l.get("line")?.as_i64()).collect();
+    assert_eq!(errors, [bad_line]);
+    let progress: Vec<i64> = out
+        .iter()
+        .filter_map(|l| l.get("progress")?["messages"].as_i64())
+        .collect();
+    assert!(progress.len() >= 10, "{progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&39));
+    let b = app.user("bob");
+    let list = app.get("/v1/conversations?limit=50", &b).await.expect(200);
+    let convs = list["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 10);
+    for conv in convs {
+        let ext = conv["external_id"].as_str().unwrap();
+        let page = messages(&app, conv["id"].as_str().unwrap(), &b).await;
+        let want: Vec<(i64, String)> = (0..3)
+            .map(|k| format!("{ext} own {k}"))
+            .chain((ext != "c9").then(|| format!("{ext} late")))
+            .enumerate()
+            .map(|(i, t)| (i as i64 + 1, t))
+            .collect();
+        let got: Vec<(i64, String)> = seq_texts(&page)
+            .into_iter()
+            .map(|(s, t)| (s, t.to_owned()))
+            .collect();
+        assert_eq!(got, want, "{ext}");
+    }
 }
 
 async fn import_into_newer_history_renumbers(db: Db) {
