@@ -146,7 +146,7 @@ where
                 {
                     finish(w, bus, &mut counts, &mut report).await?;
                 }
-                let next = start(store, std::mem::take(&mut batch), writing.back());
+                let next = start(store, bus, std::mem::take(&mut batch), writing.back());
                 writing.push_back(next);
                 pending = 0;
             }
@@ -156,7 +156,7 @@ where
         }
     }
     if pending > 0 {
-        let last = start(store, batch, writing.back());
+        let last = start(store, bus, batch, writing.back());
         writing.push_back(last);
     }
     while let Some(w) = writing.pop_front() {
@@ -221,9 +221,16 @@ struct Writing {
 /// batch's are committed (it may name conversations that one creates), its messages once the
 /// previous batch's are (seqs follow created_at across batches without renumbering). So one
 /// batch's messages are written while the next one's conversations are, on another
-/// connection. If the previous batch fails, this one writes no messages.
-fn start(store: &DynStore, batch: ImportBatch, previous: Option<&Writing>) -> Writing {
+/// connection. If the previous batch fails, this one writes no messages. The new
+/// conversations are published as soon as they are committed, not with the messages.
+fn start(
+    store: &DynStore,
+    bus: &ChangeBus,
+    batch: ImportBatch,
+    previous: Option<&Writing>,
+) -> Writing {
     let store = store.clone();
+    let bus = bus.clone();
     let mut previous = previous.map(|w| w.stage.clone());
     let (stage, rx) = tokio::sync::watch::channel(Stage::Started);
     let task = tokio::spawn(async move {
@@ -241,7 +248,7 @@ fn start(store: &DynStore, batch: ImportBatch, previous: Option<&Writing>) -> Wr
             stage.send_replace(Stage::Failed);
             return Err(earlier_failed());
         }
-        let prepared = match store.import_prepare(&batch).await {
+        let mut prepared = match store.import_prepare(&batch).await {
             Ok(p) => p,
             Err(e) => {
                 stage.send_replace(Stage::Failed);
@@ -249,6 +256,7 @@ fn start(store: &DynStore, batch: ImportBatch, previous: Option<&Writing>) -> Wr
             }
         };
         stage.send_replace(Stage::Prepared);
+        bus.publish(std::mem::take(&mut prepared.changes));
         if !reached(Stage::Written).await {
             stage.send_replace(Stage::Failed);
             return Err(earlier_failed());
