@@ -23,7 +23,9 @@ pub fn default_workers(backend: crate::storage::Backend) -> usize {
     }
 }
 
-/// Committed changes, in position order, for whoever listens (realtime, webhooks, tests).
+/// Committed changes, for whoever listens (realtime, webhooks, tests). Each publisher sends its
+/// own in position order, but publishers (write workers, import transactions) interleave:
+/// whoever needs the order restores it by position (realtime's `in_order`).
 #[derive(Clone)]
 pub struct ChangeBus {
     tx: broadcast::Sender<Arc<Change>>,

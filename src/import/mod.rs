@@ -144,7 +144,7 @@ where
                 if writing.len() >= 2
                     && let Some(w) = writing.pop_front()
                 {
-                    finish(w, bus, &mut counts, &mut report).await?;
+                    finish(w, &mut counts, &mut report).await?;
                 }
                 let next = start(store, bus, std::mem::take(&mut batch), writing.back());
                 writing.push_back(next);
@@ -160,7 +160,7 @@ where
         writing.push_back(last);
     }
     while let Some(w) = writing.pop_front() {
-        finish(w, bus, &mut counts, &mut report).await?;
+        finish(w, &mut counts, &mut report).await?;
     }
     // Before the summary, so that listings are planned for the new data once it is reported.
     if counts.users + counts.conversations + counts.messages >= REFRESH_STATISTICS_AFTER
@@ -219,10 +219,12 @@ struct Writing {
 
 /// Starts writing `batch` after `previous`: its users and conversations once the previous
 /// batch's are committed (it may name conversations that one creates), its messages once the
-/// previous batch's are (seqs follow created_at across batches without renumbering). So one
-/// batch's messages are written while the next one's conversations are, on another
-/// connection. If the previous batch fails, this one writes no messages. The new
-/// conversations are published as soon as they are committed, not with the messages.
+/// previous batch's are (seqs follow created_at across batches without renumbering). So on
+/// PostgreSQL one batch's messages are written while the next one's conversations are, on
+/// another connection; SQLite has one writer connection, for which the next batch would only
+/// queue (and could time out), so there a batch starts once the previous one is written. If
+/// the previous batch fails, this one writes nothing more. What each part commits is published
+/// at once, so realtime gets the changes near their order.
 fn start(
     store: &DynStore,
     bus: &ChangeBus,
@@ -232,6 +234,10 @@ fn start(
     let store = store.clone();
     let bus = bus.clone();
     let mut previous = previous.map(|w| w.stage.clone());
+    let prepare_after = match store.backend() {
+        crate::storage::Backend::Postgres => Stage::Prepared,
+        crate::storage::Backend::Sqlite => Stage::Written,
+    };
     let (stage, rx) = tokio::sync::watch::channel(Stage::Started);
     let task = tokio::spawn(async move {
         // Failed is the last stage; a previous batch gone without one failed (it panicked).
@@ -244,7 +250,7 @@ fn start(
         let earlier_failed = || {
             crate::storage::StoreError::Other(anyhow::anyhow!("import: an earlier batch failed"))
         };
-        if !reached(Stage::Prepared).await {
+        if !reached(prepare_after).await {
             stage.send_replace(Stage::Failed);
             return Err(earlier_failed());
         }
@@ -261,12 +267,16 @@ fn start(
             stage.send_replace(Stage::Failed);
             return Err(earlier_failed());
         }
-        let written = store.import_write(&batch, prepared).await;
-        stage.send_replace(if written.is_ok() {
-            Stage::Written
-        } else {
-            Stage::Failed
-        });
+        let mut written = store.import_write(&batch, prepared).await;
+        match &mut written {
+            Ok(committed) => {
+                bus.publish(std::mem::take(&mut committed.changes));
+                stage.send_replace(Stage::Written);
+            }
+            Err(_) => {
+                stage.send_replace(Stage::Failed);
+            }
+        }
         written
     });
     Writing { task, stage: rx }
@@ -275,14 +285,12 @@ fn start(
 /// Waits for a batch's commit, then reports its bad lines and the progress.
 async fn finish(
     writing: Writing,
-    bus: &ChangeBus,
     counts: &mut Counts,
     report: &mut impl FnMut(Report),
 ) -> Result<(), crate::storage::StoreError> {
     let committed = writing.task.await.map_err(|e| {
         crate::storage::StoreError::Other(anyhow::anyhow!("import batch task: {e}"))
     })??;
-    bus.publish(committed.changes);
     let o = committed.value;
     counts.users += o.users;
     counts.conversations += o.conversations;
