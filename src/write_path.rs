@@ -110,15 +110,16 @@ impl WritePath {
 
     /// Queues one write and waits for its batch to commit.
     pub async fn submit(&self, op: WriteOp) -> StoreResult<WriteOutcome> {
-        struct Count<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Count<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            }
-        }
+        self.enqueue(op).await?.committed().await
+    }
+
+    /// Queues one write without waiting for its commit: a write queued after it by the same
+    /// task is committed in the same batch or a later one. Dropping the handle does not
+    /// withdraw the write.
+    pub async fn enqueue(&self, op: WriteOp) -> StoreResult<QueuedWrite> {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let _counted = Count(&self.in_flight);
+        let counted = InFlight(self.in_flight.clone());
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             op,
@@ -135,7 +136,32 @@ impl WritePath {
                 ));
             }
         }
-        answer
+        Ok(QueuedWrite {
+            answer,
+            _counted: counted,
+        })
+    }
+}
+
+/// Counts a write as in flight until it is answered (or its handle dropped).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A write in the queue (`WritePath::enqueue`).
+pub struct QueuedWrite {
+    answer: oneshot::Receiver<StoreResult<WriteOutcome>>,
+    _counted: InFlight,
+}
+
+impl QueuedWrite {
+    /// Waits for the write's batch to commit.
+    pub async fn committed(self) -> StoreResult<WriteOutcome> {
+        self.answer
             .await
             .map_err(|_| StoreError::Unavailable("write path stopped".into()))?
     }

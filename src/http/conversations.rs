@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Caller, Json, Params, Path};
+use super::extract::{Caller, DeferredCaller, Json, Params, Path};
 use super::openapi::Error;
 use crate::auth::Keys;
 use crate::domain::{
@@ -119,8 +119,21 @@ fn check_opt_text(field: &str, v: &Option<String>, max: usize) -> ApiResult<()> 
 )]
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    deferred: DeferredCaller,
     Json(body): Json<CreateBody>,
+) -> ApiResult<(StatusCode, Json<Conversation>)> {
+    // A new user's creation (its first request) shares the create's commit: the create makes
+    // its members, the caller among them, in the same batch or the next.
+    let DeferredCaller(caller, creating) = deferred;
+    let result = create_as(&state, &caller, body).await;
+    DeferredCaller(caller, creating).settle(&state).await?;
+    result
+}
+
+async fn create_as(
+    state: &AppState,
+    caller: &Caller,
+    body: CreateBody,
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
     if body.kind != "direct" && body.kind != "group" {
         return Err(ApiError::invalid("type", "type must be direct or group"));
@@ -176,7 +189,7 @@ async fn create(
         WriteOutcome::Created { id, created } => (id, created),
         _ => return Err(ApiError::Internal),
     };
-    let conversation = match view(&state, creator.as_deref(), &id, 0).await {
+    let conversation = match view(state, creator.as_deref(), &id, 0).await {
         Ok(c) => c,
         // An existing conversation (same external_id) the caller is not in: not a replay.
         Err(ApiError::NotFound) if !created => {

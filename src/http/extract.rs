@@ -8,8 +8,8 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::{AppState, UserCheck};
 use crate::auth::Principal;
 use crate::domain::{Timestamp, check_user_id};
 use crate::storage::{Actor, UserState};
@@ -284,39 +284,81 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        DeferredCaller::from_request_parts(parts, state)
+            .await?
+            .settle(state)
+            .await
+    }
+}
+
+/// The caller, where an unknown acting user's creation is queued but not yet committed: the
+/// handler queues its own write after it (both commit in one batch, or the user's first) and
+/// then waits for both with `DeferredCaller::settle`, saving a commit on a new user's first
+/// request. A handler that reads the user's row before that must use `Caller`.
+pub struct DeferredCaller(pub Caller, pub Option<crate::write_path::QueuedWrite>);
+
+impl DeferredCaller {
+    /// Waits for the acting user's creation, if one was queued.
+    pub async fn settle(self, state: &AppState) -> ApiResult<Caller> {
+        let DeferredCaller(caller, creating) = self;
+        if let (Some(write), Some(user)) = (creating, caller.acting.as_deref()) {
+            state.user_created(user, write).await?;
+        }
+        Ok(caller)
+    }
+}
+
+impl FromRequestParts<AppState> for DeferredCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts.headers.get(axum::http::header::AUTHORIZATION))
             .ok_or(ApiError::Unauthorized)?;
         let principal = state.keys.verify(token).ok_or(ApiError::Unauthorized)?;
-        let acting = match &principal {
+        let (acting, creating) = match &principal {
             Principal::User(sub) => {
                 if check_user_id("sub", sub).is_err() {
                     return Err(ApiError::Unauthorized);
                 }
-                if state.user_state(sub).await? == UserState::Deactivated {
-                    return Err(ApiError::Unauthorized);
+                match state.check_user(sub).await? {
+                    UserCheck::Known(UserState::Deactivated) => {
+                        return Err(ApiError::Unauthorized);
+                    }
+                    UserCheck::Known(_) => (Some(sub.clone()), None),
+                    UserCheck::Creating(write) => (Some(sub.clone()), Some(write)),
                 }
-                Some(sub.clone())
             }
             Principal::Server => {
                 let params = Params::from_request_parts(parts, state).await?;
                 match params.str("as") {
-                    None => None,
+                    None => (None, None),
                     Some(u) => {
                         check_user_id("as", u)?;
-                        if state.user_state(u).await? == UserState::Deactivated {
-                            return Err(ApiError::Forbidden("that user is deactivated".into()));
+                        match state.check_user(u).await? {
+                            UserCheck::Known(UserState::Deactivated) => {
+                                return Err(ApiError::Forbidden("that user is deactivated".into()));
+                            }
+                            UserCheck::Known(_) => (Some(u.to_owned()), None),
+                            UserCheck::Creating(write) => (Some(u.to_owned()), Some(write)),
                         }
-                        Some(u.to_owned())
                     }
                 }
             }
         };
         // The app's backend (server token) is trusted with its own budget: only users are
         // limited per user.
-        if let (Some(limit), Principal::User(u)) = (&state.user_limiter, &principal) {
-            limit.check(u).await?;
+        let deferred = DeferredCaller(Caller { principal, acting }, creating);
+        if let (Some(limit), Principal::User(u)) = (&state.user_limiter, &deferred.0.principal)
+            && let Err(e) = limit.check(u).await
+        {
+            // Refused, but a first request still leaves the user created.
+            deferred.settle(state).await?;
+            return Err(e);
         }
-        Ok(Caller { principal, acting })
+        Ok(deferred)
     }
 }
 

@@ -83,6 +83,13 @@ pub struct AppShared {
     db_probing: std::sync::atomic::AtomicBool,
 }
 
+/// What `AppState::check_user` found.
+pub enum UserCheck {
+    Known(crate::storage::UserState),
+    /// Unknown: its creation is queued.
+    Creating(crate::write_path::QueuedWrite),
+}
+
 /// How long an active user is trusted without asking the database. Deactivation clears the
 /// entry at once on its node and, through Redis, on the others; without Redis another node
 /// may accept the user's token for up to this long.
@@ -165,12 +172,21 @@ impl AppState {
         &self,
         user: &str,
     ) -> crate::storage::StoreResult<crate::storage::UserState> {
-        let now = Instant::now();
+        match self.check_user(user).await? {
+            UserCheck::Known(state) => Ok(state),
+            UserCheck::Creating(write) => self.user_created(user, write).await,
+        }
+    }
+
+    /// Like `user_state`, but an unknown user's creation is only queued (through the write
+    /// path, so a burst of new users shares commits): the caller waits for it with
+    /// `user_created`, and a write it queues after it commits in the same batch or a later one.
+    pub async fn check_user(&self, user: &str) -> crate::storage::StoreResult<UserCheck> {
         {
             let mut cache = self.active_users.lock().expect("active users lock");
             match cache.get(user) {
-                Some(at) if now.duration_since(*at) < ACTIVE_USER_TTL => {
-                    return Ok(crate::storage::UserState::Active);
+                Some(at) if at.elapsed() < ACTIVE_USER_TTL => {
+                    return Ok(UserCheck::Known(crate::storage::UserState::Active));
                 }
                 Some(_) => {
                     cache.remove(user);
@@ -178,32 +194,48 @@ impl AppState {
                 None => {}
             }
         }
-        let state = match self.store.user_state(user).await? {
-            Some(state) => state,
-            // A new user: created bare through the write path, so a burst of new users (each
-            // one's first request) shares commits.
+        match self.store.user_state(user).await? {
+            Some(state) => {
+                self.seen_active(user, state);
+                Ok(UserCheck::Known(state))
+            }
             None => {
                 let op = crate::storage::WriteOp::EnsureUser {
                     user_id: user.to_owned(),
                 };
-                match self.writes.submit(op).await? {
-                    crate::storage::WriteOutcome::User(state) => state,
-                    _ => {
-                        return Err(crate::storage::StoreError::Other(anyhow::anyhow!(
-                            "the write path answered another op"
-                        )));
-                    }
-                }
+                Ok(UserCheck::Creating(self.writes.enqueue(op).await?))
             }
-        };
-        if state == crate::storage::UserState::Active {
-            let mut cache = self.active_users.lock().expect("active users lock");
-            if cache.len() > 100_000 {
-                cache.retain(|_, at| now.duration_since(*at) < ACTIVE_USER_TTL);
-            }
-            cache.insert(user.to_owned(), now);
         }
-        Ok(state)
+    }
+
+    /// Waits for the creation `check_user` queued; the user's state once it is committed.
+    pub async fn user_created(
+        &self,
+        user: &str,
+        write: crate::write_path::QueuedWrite,
+    ) -> crate::storage::StoreResult<crate::storage::UserState> {
+        match write.committed().await? {
+            crate::storage::WriteOutcome::User(state) => {
+                self.seen_active(user, state);
+                Ok(state)
+            }
+            _ => Err(crate::storage::StoreError::Other(anyhow::anyhow!(
+                "the write path answered another op"
+            ))),
+        }
+    }
+
+    /// Remembers an active user for `ACTIVE_USER_TTL`.
+    fn seen_active(&self, user: &str, state: crate::storage::UserState) {
+        if state != crate::storage::UserState::Active {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.active_users.lock().expect("active users lock");
+        if cache.len() > 100_000 {
+            cache.retain(|_, at| now.duration_since(*at) < ACTIVE_USER_TTL);
+        }
+        cache.insert(user.to_owned(), now);
     }
 
     /// Forgets a user's cached active state (deactivated).

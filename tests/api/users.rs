@@ -3,7 +3,11 @@ use serde_json::json;
 use crate::both;
 use crate::helpers::{Db, spawn_app};
 
-both!(upsert_get_and_deactivate, user_validation);
+both!(
+    upsert_get_and_deactivate,
+    user_validation,
+    first_request_creates_a_conversation
+);
 
 async fn upsert_get_and_deactivate(db: Db) {
     let app = spawn_app(db).await;
@@ -140,4 +144,66 @@ async fn user_validation(db: Db) {
         .await
         .error(400, "validation_failed");
     assert_eq!(got.as_deref(), Some("ids"));
+}
+
+/// A new user's first request creating a conversation: the user's own creation shares the
+/// create's commit, and both are there when the answer comes (even for a refused create);
+/// a deactivated user still cannot create, by token or acted as.
+async fn first_request_creates_a_conversation(db: Db) {
+    let app = spawn_app(db).await;
+    let s = app.server();
+    let c = app
+        .post(
+            "/v1/conversations",
+            &app.user("first_timer"),
+            json!({"type": "direct", "member_ids": ["other_new"]}),
+        )
+        .await
+        .expect(201);
+    let mut members: Vec<&str> = c["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"]["id"].as_str().unwrap())
+        .collect();
+    members.sort();
+    assert_eq!(members, ["first_timer", "other_new"]);
+    let me = app.get("/v1/users/first_timer", &s).await.expect(200);
+    assert_eq!(me["name"], "first_timer");
+
+    // Refused (400), but the user is made all the same.
+    app.post(
+        "/v1/conversations",
+        &app.user("second_timer"),
+        json!({"type": "direct", "member_ids": []}),
+    )
+    .await
+    .error(400, "validation_failed");
+    app.get("/v1/users/second_timer", &s).await.expect(200);
+
+    // Acted as by the server: the same.
+    app.post(
+        "/v1/conversations?as=third_timer",
+        &s,
+        json!({"type": "group", "member_ids": ["first_timer"]}),
+    )
+    .await
+    .expect(201);
+    app.get("/v1/users/third_timer", &s).await.expect(200);
+
+    app.delete("/v1/users/first_timer", &s).await;
+    app.post(
+        "/v1/conversations",
+        &app.user("first_timer"),
+        json!({"type": "group", "member_ids": ["other_new"]}),
+    )
+    .await
+    .error(401, "unauthorized");
+    app.post(
+        "/v1/conversations?as=first_timer",
+        &s,
+        json!({"type": "group", "member_ids": ["other_new"]}),
+    )
+    .await
+    .error(403, "forbidden");
 }
