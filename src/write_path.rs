@@ -62,6 +62,7 @@ struct Queued {
     /// always means "not written".
     deadline: Instant,
     reply: oneshot::Sender<StoreResult<WriteOutcome>>,
+    _counted: InFlight,
 }
 
 /// The handle requests use to submit writes.
@@ -125,6 +126,7 @@ impl WritePath {
             op,
             deadline: Instant::now() + self.timeout,
             reply,
+            _counted: counted,
         };
         // A full queue pushes back on the caller, for at most the database timeout.
         match tokio::time::timeout(self.timeout, self.tx.send(queued)).await {
@@ -136,14 +138,12 @@ impl WritePath {
                 ));
             }
         }
-        Ok(QueuedWrite {
-            answer,
-            _counted: counted,
-        })
+        Ok(QueuedWrite { answer })
     }
 }
 
-/// Counts a write as in flight until it is answered (or its handle dropped).
+/// Counts a write as in flight until the worker has answered it (or dropped it), whether or not
+/// anyone still waits for the answer.
 struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for InFlight {
@@ -155,7 +155,6 @@ impl Drop for InFlight {
 /// A write in the queue (`WritePath::enqueue`).
 pub struct QueuedWrite {
     answer: oneshot::Receiver<StoreResult<WriteOutcome>>,
-    _counted: InFlight,
 }
 
 impl QueuedWrite {

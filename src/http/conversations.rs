@@ -120,14 +120,26 @@ fn check_opt_text(field: &str, v: &Option<String>, max: usize) -> ApiResult<()> 
 async fn create(
     State(state): State<AppState>,
     deferred: DeferredCaller,
-    Json(body): Json<CreateBody>,
+    body: Result<Json<CreateBody>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
-    // A new user's creation (its first request) shares the create's commit: the create makes
-    // its members, the caller among them, in the same batch or the next.
+    // A new user's first request need not wait for the user's own commit before the create:
+    // the create makes its members, the caller among them, in its transaction. The user's
+    // creation is waited for before any answer, a refused body's included.
     let DeferredCaller(caller, creating) = deferred;
-    let result = create_as(&state, &caller, body).await;
-    DeferredCaller(caller, creating).settle(&state).await?;
-    result
+    let result = match body {
+        Ok(Json(body)) => create_as(&state, &caller, body).await,
+        Err(e) => Err(e),
+    };
+    let settled = DeferredCaller(caller, creating).settle(&state).await;
+    match result {
+        // Written: the answer says so, whatever the user's own op met meanwhile (its refusal
+        // would say "not written").
+        Ok(done) => Ok(done),
+        Err(e) => {
+            settled?;
+            Err(e)
+        }
+    }
 }
 
 async fn create_as(

@@ -292,17 +292,26 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The caller, where an unknown acting user's creation is queued but not yet committed: the
-/// handler queues its own write after it (both commit in one batch, or the user's first) and
-/// then waits for both with `DeferredCaller::settle`, saving a commit on a new user's first
-/// request. A handler that reads the user's row before that must use `Caller`.
+/// handler's own write may make the user itself (a create makes its members, the caller among
+/// them, in its own transaction), so it need not wait for that commit first; it waits with
+/// `DeferredCaller::settle` before it answers, saving a commit on a new user's first request.
+/// A handler that reads the user's row, or must refuse a deactivated user before it writes,
+/// uses `Caller`.
 pub struct DeferredCaller(pub Caller, pub Option<crate::write_path::QueuedWrite>);
 
 impl DeferredCaller {
-    /// Waits for the acting user's creation, if one was queued.
+    /// Waits for the acting user's creation, if one was queued: refused as `Caller` refuses if
+    /// the user turned out deactivated meanwhile.
     pub async fn settle(self, state: &AppState) -> ApiResult<Caller> {
         let DeferredCaller(caller, creating) = self;
-        if let (Some(write), Some(user)) = (creating, caller.acting.as_deref()) {
-            state.user_created(user, write).await?;
+        if let (Some(write), Some(user)) = (creating, caller.acting.as_deref())
+            && state.user_created(user, write).await? == UserState::Deactivated
+        {
+            return Err(if caller.is_server() {
+                ApiError::Forbidden("that user is deactivated".into())
+            } else {
+                ApiError::Unauthorized
+            });
         }
         Ok(caller)
     }
@@ -354,8 +363,13 @@ impl FromRequestParts<AppState> for DeferredCaller {
         if let (Some(limit), Principal::User(u)) = (&state.user_limiter, &deferred.0.principal)
             && let Err(e) = limit.check(u).await
         {
-            // Refused, but a first request still leaves the user created.
-            deferred.settle(state).await?;
+            // Refused, but a first request still leaves the user created; a deactivated user is
+            // refused as such, before the rate.
+            if let Err(denied @ (ApiError::Unauthorized | ApiError::Forbidden(_))) =
+                deferred.settle(state).await
+            {
+                return Err(denied);
+            }
             return Err(e);
         }
         Ok(deferred)

@@ -146,9 +146,10 @@ async fn user_validation(db: Db) {
     assert_eq!(got.as_deref(), Some("ids"));
 }
 
-/// A new user's first request creating a conversation: the user's own creation shares the
-/// create's commit, and both are there when the answer comes (even for a refused create);
-/// a deactivated user still cannot create, by token or acted as.
+/// A new user's first request creating a conversation: the create does not wait for the user's
+/// own commit first, but both are there when the answer comes (also for a refused create, and
+/// for a body that is not even read); a deactivated user still cannot create, by token or acted
+/// as.
 async fn first_request_creates_a_conversation(db: Db) {
     let app = spawn_app(db).await;
     let s = app.server();
@@ -180,6 +181,15 @@ async fn first_request_creates_a_conversation(db: Db) {
     .await
     .error(400, "validation_failed");
     app.get("/v1/users/second_timer", &s).await.expect(200);
+    // A body that does not parse (`type` missing): refused before the handler, user made too.
+    app.post(
+        "/v1/conversations",
+        &app.user("fourth_timer"),
+        json!({"member_ids": ["x"]}),
+    )
+    .await
+    .error(400, "validation_failed");
+    app.get("/v1/users/fourth_timer", &s).await.expect(200);
 
     // Acted as by the server: the same.
     app.post(
@@ -191,7 +201,13 @@ async fn first_request_creates_a_conversation(db: Db) {
     .expect(201);
     app.get("/v1/users/third_timer", &s).await.expect(200);
 
-    app.delete("/v1/users/first_timer", &s).await;
+    assert_eq!(
+        app.delete("/v1/users/first_timer", &s)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
     app.post(
         "/v1/conversations",
         &app.user("first_timer"),
