@@ -307,13 +307,19 @@ impl DeferredCaller {
         if let (Some(write), Some(user)) = (creating, caller.acting.as_deref())
             && state.user_created(user, write).await? == UserState::Deactivated
         {
-            return Err(if caller.is_server() {
-                ApiError::Forbidden("that user is deactivated".into())
-            } else {
-                ApiError::Unauthorized
-            });
+            return Err(deactivated(caller.is_server()));
         }
         Ok(caller)
+    }
+}
+
+/// The refusal of a deactivated acting user: its own token no longer counts (401); the server
+/// may not act as it (403).
+fn deactivated(server: bool) -> ApiError {
+    if server {
+        ApiError::Forbidden("that user is deactivated".into())
+    } else {
+        ApiError::Unauthorized
     }
 }
 
@@ -333,9 +339,7 @@ impl FromRequestParts<AppState> for DeferredCaller {
                     return Err(ApiError::Unauthorized);
                 }
                 match state.check_user(sub).await? {
-                    UserCheck::Known(UserState::Deactivated) => {
-                        return Err(ApiError::Unauthorized);
-                    }
+                    UserCheck::Known(UserState::Deactivated) => return Err(deactivated(false)),
                     UserCheck::Known(_) => (Some(sub.clone()), None),
                     UserCheck::Creating(write) => (Some(sub.clone()), Some(write)),
                 }
@@ -348,7 +352,7 @@ impl FromRequestParts<AppState> for DeferredCaller {
                         check_user_id("as", u)?;
                         match state.check_user(u).await? {
                             UserCheck::Known(UserState::Deactivated) => {
-                                return Err(ApiError::Forbidden("that user is deactivated".into()));
+                                return Err(deactivated(true));
                             }
                             UserCheck::Known(_) => (Some(u.to_owned()), None),
                             UserCheck::Creating(write) => (Some(u.to_owned()), Some(write)),
