@@ -16,7 +16,10 @@ use crate::domain::{
     Conversation, MAX_MEMBERS_PER_CALL, MAX_NAME_CHARS, check_custom, check_string, check_tags,
     check_user_id,
 };
-use crate::storage::{ConversationPatch, ListFilter, NewConversation, WriteOp, WriteOutcome};
+use crate::storage::{
+    CREATOR_DEACTIVATED, ConversationPatch, ListFilter, NewConversation, StoreError, WriteOp,
+    WriteOutcome,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -197,9 +200,13 @@ async fn create_as(
         external_id: body.external_id,
     };
     // Through the write path: concurrent creates share one commit (docs/architecture.md).
-    let (id, created) = match state.writes.submit(WriteOp::Create(Box::new(new))).await? {
-        WriteOutcome::Created { id, created } => (id, created),
-        _ => return Err(ApiError::Internal),
+    let (id, created) = match state.writes.submit(WriteOp::Create(Box::new(new))).await {
+        Ok(WriteOutcome::Created { id, created }) => (id, created),
+        Err(StoreError::Forbidden(why)) if why == CREATOR_DEACTIVATED => {
+            return Err(super::extract::deactivated(caller.is_server()));
+        }
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err(ApiError::Internal),
     };
     let conversation = match view(state, creator.as_deref(), &id, 0).await {
         Ok(c) => c,

@@ -315,7 +315,7 @@ impl DeferredCaller {
 
 /// The refusal of a deactivated acting user: its own token no longer counts (401); the server
 /// may not act as it (403).
-fn deactivated(server: bool) -> ApiError {
+pub(crate) fn deactivated(server: bool) -> ApiError {
     if server {
         ApiError::Forbidden("that user is deactivated".into())
     } else {

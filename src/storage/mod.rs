@@ -279,6 +279,9 @@ pub struct ImportOutcome {
     pub errors: Vec<(usize, String, &'static str)>,
 }
 
+/// `StoreError::Forbidden` of a create whose creator was deactivated after its request was let in.
+pub const CREATOR_DEACTIVATED: &str = "the creator is deactivated";
+
 /// The first part of an import batch, committed: its users and conversations. The messages
 /// are written from it by [`Store::import_write`].
 #[derive(Debug, Default)]

@@ -2130,6 +2130,29 @@ macro_rules! sql_store {
                         _ => None,
                     })
                     .collect();
+                // The deactivated among the tokens' users and the creators: a creator
+                // deactivated since its request was let in creates nothing.
+                let mut named: Vec<&str> = ensured
+                    .iter()
+                    .map(|e| e.1)
+                    .chain(creates.iter().filter_map(|c| c.1.created_by.as_deref()))
+                    .collect();
+                named.sort_unstable();
+                named.dedup();
+                let deactivated: std::collections::HashSet<String> = self
+                    .fetch_in(
+                        &mut tx,
+                        "select user_id from users where deactivated_at is not null and user_id {in}",
+                        &named,
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(db_error)?;
+                let (refused, creates): (Vec<_>, Vec<_>) = creates
+                    .into_iter()
+                    .partition(|c| c.1.created_by.as_ref().is_some_and(|u| deactivated.contains(u)));
                 let new_users: Vec<String> = ensured
                     .iter()
                     .map(|e| e.1.to_owned())
@@ -2138,18 +2161,6 @@ macro_rules! sql_store {
                 if !new_users.is_empty() {
                     self.ensure_users(&mut tx, &new_users).await?;
                 }
-                let ensured_ids: Vec<&str> = ensured.iter().map(|e| e.1).collect();
-                let deactivated: std::collections::HashSet<String> = self
-                    .fetch_in(
-                        &mut tx,
-                        "select user_id from users where deactivated_at is not null and user_id {in}",
-                        &ensured_ids,
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(db_error)?;
                 let (made, mut pending) = if creates.is_empty() {
                     (Vec::new(), Vec::new())
                 } else {
@@ -2276,6 +2287,9 @@ macro_rules! sql_store {
                 }
                 for ((i, _), outcome) in creates.iter().zip(made) {
                     outcomes[*i] = Some(outcome.map(|(id, created)| WriteOutcome::Created { id, created }));
+                }
+                for (i, _) in &refused {
+                    outcomes[*i] = Some(Err(StoreError::Forbidden($crate::storage::CREATOR_DEACTIVATED)));
                 }
                 let mut rows: Vec<(Message, NewMessage<'_>)> = Vec::new();
                 let mut created: HashMap<Key, usize> = HashMap::new();

@@ -145,6 +145,18 @@ async fn store_contract(db: Db) {
         ),
         "a deactivated user stays deactivated"
     );
+    // A create whose creator was deactivated after its request was let in creates nothing.
+    let before = s.last_position().await.unwrap();
+    let batch = s
+        .write_batch(&[WriteOp::Create(Box::new(group(&["b", "a"], Some("b"))))])
+        .await
+        .unwrap();
+    assert!(matches!(
+        &batch.outcomes[..],
+        [Err(StoreError::Forbidden(why))] if *why == confab::storage::CREATOR_DEACTIVATED
+    ));
+    assert!(batch.changes.is_empty());
+    assert_eq!(s.last_position().await.unwrap(), before);
 
     // conversations
     let created = s
