@@ -114,9 +114,9 @@ impl WritePath {
         self.enqueue(op).await?.committed().await
     }
 
-    /// Queues one write without waiting for its commit: a write queued after it by the same
-    /// task is committed in the same batch or a later one. Dropping the handle does not
-    /// withdraw the write.
+    /// Queues one write without waiting for its commit. A write queued after it lands in the
+    /// same batch or a later one, but a later batch may commit first (PostgreSQL overlaps two).
+    /// Dropping the handle does not withdraw the write.
     pub async fn enqueue(&self, op: WriteOp) -> StoreResult<QueuedWrite> {
         self.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

@@ -180,7 +180,9 @@ impl AppState {
 
     /// Like `user_state`, but an unknown user's creation is only queued (through the write
     /// path, so a burst of new users shares commits): the caller waits for it with
-    /// `user_created`, and a write it queues after it commits in the same batch or a later one.
+    /// `user_created`. A write the caller queues meanwhile is not ordered after it (on
+    /// PostgreSQL a later batch may commit first), so that write must not need the user's row
+    /// unless it makes the row itself, as a create makes its members.
     pub async fn check_user(&self, user: &str) -> crate::storage::StoreResult<UserCheck> {
         {
             let mut cache = self.active_users.lock().expect("active users lock");
