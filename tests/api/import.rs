@@ -65,6 +65,15 @@ async fn messages(app: &TestApp, conversation: &str, token: &str) -> serde_json:
         .expect(200)
 }
 
+/// An import summary's (conversations, messages, errors).
+fn counts(done: &serde_json::Value) -> (Option<i64>, Option<i64>, Option<i64>) {
+    (
+        done["conversations"].as_i64(),
+        done["messages"].as_i64(),
+        done["errors"].as_i64(),
+    )
+}
+
 /// A page of messages as (seq, text) pairs.
 fn seq_texts(page: &serde_json::Value) -> Vec<(i64, &str)> {
     page["messages"]
@@ -181,14 +190,7 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
     // The same file again: the same summary, and nothing changes.
     let again = app.import_ndjson(file()).await;
     let done2 = again.last().unwrap();
-    assert_eq!(
-        (
-            done2["messages"].as_i64(),
-            done2["conversations"].as_i64(),
-            done2["errors"].as_i64()
-        ),
-        (Some(4), Some(2), Some(3))
-    );
+    assert_eq!(counts(done2), (Some(2), Some(4), Some(3)));
     let page2 = messages(&app, id, &b).await;
     assert_eq!(page2, page);
     let after = app
@@ -269,15 +271,7 @@ async fn import_in_small_batches_in_flight_together(db: Db) {
     let bad_line = lines.iter().position(|l| l == "not json").unwrap() as i64 + 1;
     let out = app.import_ndjson(lines.join("\n")).await;
     let done = out.last().unwrap();
-    assert_eq!(
-        (
-            done["conversations"].as_i64(),
-            done["messages"].as_i64(),
-            done["errors"].as_i64()
-        ),
-        (Some(10), Some(39), Some(1)),
-        "{out:?}"
-    );
+    assert_eq!(counts(done), (Some(10), Some(39), Some(1)), "{out:?}");
     let errors: Vec<i64> = out.iter().filter_map(|l| l.get("line")?.as_i64()).collect();
     assert_eq!(errors, [bad_line]);
     let progress: Vec<i64> = out
@@ -420,15 +414,7 @@ async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
     .collect();
     let out = app.import_ndjson(file.join("\n")).await;
     let done = out.last().unwrap();
-    assert_eq!(
-        (
-            done["conversations"].as_i64(),
-            done["messages"].as_i64(),
-            done["errors"].as_i64()
-        ),
-        (Some(1), Some(5), Some(0)),
-        "{out:?}"
-    );
+    assert_eq!(counts(done), (Some(1), Some(5), Some(0)), "{out:?}");
     let a = app.user("ann");
     let page = messages(&app, &id, &a).await;
     let got: Vec<(i64, String)> = page["messages"]
