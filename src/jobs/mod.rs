@@ -63,7 +63,11 @@ async fn retention(store: DynStore, window: Duration, interval: Duration) {
                         .increment(p.messages);
                     metrics::counter!("confab_retention_deleted_total", "what" => "changes")
                         .increment(p.changes);
-                    if p.messages < 500 && p.changes < 500 && p.deliveries < 500 {
+                    if p.messages < 500
+                        && p.conversations < 500
+                        && p.changes < 500
+                        && p.deliveries < 500
+                    {
                         break;
                     }
                     // Let the write path in between batches.

@@ -15,6 +15,7 @@ pub const SQLITE: &[Migration] = migrations!("sqlite":
     (2, "webhooks", "0002_webhooks.sql"),
     (3, "jobs", "0003_jobs.sql"),
     (4, "member_activity", "0004_member_activity.sql"),
+    (5, "retention_by_conversation", "0005_retention_by_conversation.sql"),
 );
 
 pub const POSTGRES: &[Migration] = migrations!("postgres":
@@ -23,6 +24,7 @@ pub const POSTGRES: &[Migration] = migrations!("postgres":
     (3, "jobs", "0003_jobs.sql"),
     (4, "bulk_writes", "0004_bulk_writes.sql"),
     (5, "member_activity", "0005_member_activity.sql"),
+    (6, "retention_by_conversation", "0006_retention_by_conversation.sql"),
 );
 
 pub const CREATE_TABLE: &str = "create table if not exists confab_migrations (

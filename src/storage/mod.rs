@@ -225,6 +225,9 @@ pub trait Outbox: Send + Sync {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
     pub messages: u64,
+    /// Conversations whose old messages the pass looked for (at most the batch size: if it
+    /// is reached, more may have old messages).
+    pub conversations: u64,
     pub changes: u64,
     pub deliveries: u64,
 }

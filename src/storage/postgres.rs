@@ -199,14 +199,17 @@ impl PgStore {
                then v.last_id else c.last_message_id end, \
              last_message_at = case when c.last_message_at is null or c.last_message_at <= v.last_at \
                then v.last_at else c.last_message_at end, \
-             activity_at = greatest(c.activity_at, v.last_at) \
-             from unnest($1::text[], $2::int8[], $3::text[], $4::int8[]) as v(id, new_last, last_id, last_at) \
+             activity_at = greatest(c.activity_at, v.last_at), \
+             first_message_at = least(coalesce(c.first_message_at, v.first_at), v.first_at) \
+             from unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[]) \
+               as v(id, new_last, last_id, last_at, first_at) \
              where c.conversation_id = v.id",
         )
         .bind(&ids)
         .bind(touched.iter().map(|t| t.new_last).collect::<Vec<i64>>())
         .bind(touched.iter().map(|t| t.last_id.as_str()).collect::<Vec<&str>>())
         .bind(touched.iter().map(|t| t.last_at).collect::<Vec<i64>>())
+        .bind(touched.iter().map(|t| t.first_at).collect::<Vec<i64>>())
         .execute(&mut **tx)
         .await
         .map_err(super::db_error)?;

@@ -110,6 +110,8 @@ pub(crate) struct Touched {
     pub read_to: i64,
     pub last_id: String,
     pub last_at: i64,
+    /// The oldest imported message's time (the conversation's first message's, if older).
+    pub first_at: i64,
     pub n: usize,
 }
 
@@ -815,7 +817,8 @@ macro_rules! sql_store {
                 .map_err(db_error)?;
                 sqlx::query(
                     "update conversations set last_seq = $2, last_message_id = $3, \
-                     last_message_at = $4, activity_at = $4 where conversation_id = $1",
+                     last_message_at = $4, activity_at = $4, \
+                     first_message_at = coalesce(first_message_at, $4) where conversation_id = $1",
                 )
                 .bind(&conv.id)
                 .bind(seq)
@@ -1220,6 +1223,7 @@ macro_rules! sql_store {
                         read_to,
                         last_id: rows[last_row].id.clone(),
                         last_at: last_created,
+                        first_at: msgs[0].created_at,
                         n: msgs.len(),
                     });
                 }
@@ -2295,6 +2299,9 @@ macro_rules! sql_store {
                 let mut created: HashMap<Key, usize> = HashMap::new();
                 let mut read_to: HashMap<(&str, &str), i64> = HashMap::new();
                 let batch_now = now();
+                // Each conversation's first message of this batch: its time is the
+                // conversation's first message's if it had none (retention's starting point).
+                let mut first_at: HashMap<&str, i64> = HashMap::new();
                 for (i, op) in ops.iter().enumerate() {
                     if let WriteOp::Send { .. } = op {
                         outcomes[i] = Some(Err(StoreError::NotFound));
@@ -2329,6 +2336,7 @@ macro_rules! sql_store {
                     }
                     let conv = convs.get_mut(cid).expect("a member's conversation is locked");
                     let t = batch_now.max(conv.1.unwrap_or(0));
+                    first_at.entry(cid).or_insert(t);
                     let seq = conv.0 + 1;
                     let m = NewMessage::regular(sender, input);
                     let message = Message {
@@ -2403,14 +2411,21 @@ macro_rules! sql_store {
                 for chunk in moved.chunks(1000) {
                     self.tick(1);
                     rows_query(
-                        "with v(cid, seq, mid, t) as ({rows}) update conversations \
+                        "with v(cid, seq, mid, t, ft) as ({rows}) update conversations \
                          set last_seq = v.seq, last_message_id = v.mid, last_message_at = v.t, \
-                         activity_at = v.t from v where conversations.conversation_id = v.cid",
+                         activity_at = v.t, first_message_at = coalesce(first_message_at, v.ft) \
+                         from v where conversations.conversation_id = v.cid",
                         vec![
                             Col::Text(chunk.iter().map(|m| m.0.as_str()).collect()),
                             Col::Int(chunk.iter().map(|m| m.1).collect()),
                             Col::Text(chunk.iter().map(|m| m.3.as_str()).collect()),
                             Col::Int(chunk.iter().map(|m| m.2).collect()),
+                            Col::Int(
+                                chunk
+                                    .iter()
+                                    .map(|m| first_at.get(m.0.as_str()).copied().unwrap_or(m.2))
+                                    .collect(),
+                            ),
                         ],
                     )
                     .execute(&mut *tx)
@@ -2830,24 +2845,70 @@ macro_rules! sql_store {
 
             async fn purge_before(&self, cutoff: i64, batch: u32) -> StoreResult<Purged> {
                 let mut purged = Purged::default();
-                // Messages, in one short transaction: the affected conversations' last-message
-                // fields follow in the same transaction.
+                // Messages, in one short transaction with the fields of their conversations.
+                // Within a conversation created_at never decreases with seq (sends are stamped
+                // no earlier than its last message, imports renumber), so the messages older
+                // than the window are a prefix of each conversation, found from the
+                // conversations whose first message is older (`first_message_at`). On
+                // PostgreSQL the pass locks those conversations, as sends do, and skips the
+                // ones a send holds: the next pass takes them.
                 let mut tx = self.begin().await?;
-                self.tick(2);
-                let gone: Vec<(String, String)> = sqlx::query_as(
-                    "delete from messages where message_id in (select message_id from messages \
-                     where created_at < $1 limit $2) returning conversation_id, message_id",
-                )
+                self.tick(1);
+                let convs: Vec<String> = sqlx::query_scalar(concat!(
+                    "select conversation_id from conversations where first_message_at < $1 \
+                     order by first_message_at limit $2 ",
+                    $skip_locked
+                ))
                 .bind(cutoff)
                 .bind(batch as i64)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(db_error)?;
+                let mut gone: Vec<(String, String)> = Vec::new();
+                let mut visited: Vec<&str> = Vec::new();
+                for c in &convs {
+                    let room = batch as usize - gone.len();
+                    if room == 0 {
+                        break;
+                    }
+                    self.tick(1);
+                    // The first `room` by seq, of which those older than the window: the
+                    // scan stops there even when few are old.
+                    let deleted: Vec<(String, String)> = sqlx::query_as(
+                        "delete from messages where message_id in (select f.message_id from \
+                         (select message_id, created_at from messages where conversation_id = $1 \
+                         order by seq limit $3) f where f.created_at < $2) \
+                         returning conversation_id, message_id",
+                    )
+                    .bind(c)
+                    .bind(cutoff)
+                    .bind(room as i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    gone.extend(deleted);
+                    visited.push(c);
+                }
                 purged.messages = gone.len() as u64;
-                // Only a conversation whose last message was deleted gets a new one. The
-                // condition is on the row itself, so PostgreSQL re-checks it on the newest
-                // version when a concurrent send updated the row first: that send's message
-                // stays the last one, although this statement's snapshot cannot see it.
+                purged.conversations = convs.len() as u64;
+                // Each visited conversation starts at its new first message (none if it has
+                // none left; one whose first message is no older than the window is left
+                // alone by the next passes).
+                for chunk in visited.chunks(400) {
+                    self.tick(1);
+                    let sql = format!(
+                        "update conversations set first_message_at = (select m.created_at from \
+                         messages m where m.conversation_id = conversations.conversation_id \
+                         order by m.seq limit 1) where conversation_id in ({})",
+                        params(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql));
+                    for c in chunk {
+                        q = q.bind(*c);
+                    }
+                    q.execute(&mut *tx).await.map_err(db_error)?;
+                }
+                // Only a conversation whose last message was deleted gets a new one.
                 for chunk in gone.chunks(400) {
                     let mut convs: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
                     convs.sort_unstable();
@@ -2866,6 +2927,7 @@ macro_rules! sql_store {
                     for (_, m) in chunk {
                         q = q.bind(m);
                     }
+                    self.tick(1);
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }
                 self.commit(tx).await?;

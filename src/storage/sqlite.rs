@@ -183,9 +183,11 @@ impl SqliteStore {
                    or conversations.last_message_at <= v.column4 then v.column4 \
                    else conversations.last_message_at end, \
                  activity_at = case when conversations.activity_at < v.column4 then v.column4 \
-                   else conversations.activity_at end \
+                   else conversations.activity_at end, \
+                 first_message_at = min(coalesce(conversations.first_message_at, v.column5), \
+                   v.column5) \
                  from (values {}) as v where conversations.conversation_id = v.column1",
-                values(4)
+                values(5)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for t in chunk {
@@ -193,7 +195,8 @@ impl SqliteStore {
                     .bind(&t.conversation_id)
                     .bind(t.new_last)
                     .bind(&t.last_id)
-                    .bind(t.last_at);
+                    .bind(t.last_at)
+                    .bind(t.first_at);
             }
             q.execute(&mut **tx).await.map_err(super::db_error)?;
             // Every member: the copy of the activity time; those who had read everything: the

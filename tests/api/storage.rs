@@ -16,7 +16,8 @@ both!(
     store_contract,
     listing_query_count_is_bounded,
     outbox_leases,
-    batched_creates
+    batched_creates,
+    retention_by_conversation
 );
 
 async fn open(db: Db) -> DynStore {
@@ -697,11 +698,12 @@ async fn batched_creates(db: Db) {
     assert_eq!(page.conversations.len(), 3, "ab, the group and ae");
 }
 
-/// A retention pass racing a send on PostgreSQL. The pass's update of the conversation's last
-/// message runs on a snapshot that cannot see the send's message, and waits on the row the send
-/// updated; once the send commits, its message must stay the last one (it once became none).
+/// A retention pass beside a send on PostgreSQL. The pass locks the conversations whose old
+/// messages it deletes, as sends do, and skips one a send holds (waiting on it could deadlock
+/// with a batch that locks several): the next pass takes it, and the send's message, committed
+/// in between, stays the conversation's last one and becomes its first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_racing_a_send_keeps_its_message_last() {
+async fn purge_skips_a_conversation_a_send_holds() {
     use sqlx::Connection;
     let url = fresh_database(Db::Postgres).await;
     let s = open_at(&url).await;
@@ -709,6 +711,10 @@ async fn purge_racing_a_send_keeps_its_message_last() {
     let now = confab::domain::Timestamp::now().0;
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("update messages set created_at = created_at - 172800000")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("update conversations set first_message_at = first_message_at - 172800000")
         .execute(&mut c)
         .await
         .unwrap();
@@ -730,36 +736,164 @@ async fn purge_racing_a_send_keeps_its_message_last() {
     .execute(&mut *send_tx)
     .await
     .unwrap();
-    let purge = tokio::spawn({
-        let s = s.clone();
-        async move { s.purge_before(now - 86_400_000, 500).await }
-    });
-    // The pass has deleted the old messages and waits on the conversation's row.
-    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity where datname = current_database() \
-             and wait_event_type = 'Lock' and query like 'update conversations set last_message_id%'",
+    let cutoff = now - 86_400_000;
+    let skipped = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.purge_before(cutoff, 500),
+    )
+    .await
+    .expect("the retention pass waited on the send's conversation")
+    .unwrap();
+    assert_eq!((skipped.messages, skipped.conversations), (0, 0));
+    send_tx.commit().await.unwrap();
+    let purged = s.purge_before(cutoff, 500).await.unwrap();
+    assert_eq!((purged.messages, purged.conversations), (2, 1));
+    let (last, first): (Option<String>, Option<i64>) = sqlx::query_as(
+        "select last_message_id, first_message_at from conversations where conversation_id = $1",
+    )
+    .bind(&g)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(last.as_deref(), Some("m_new"));
+    assert_eq!(
+        first,
+        Some(now),
+        "the conversation starts at the send's message"
+    );
+    let again = s.purge_before(cutoff, 500).await.unwrap();
+    assert_eq!((again.messages, again.conversations), (0, 0));
+}
+
+fn imported(conv: &str, ext: &str, created_at: i64) -> confab::storage::ImportMessage {
+    confab::storage::ImportMessage {
+        line: 1,
+        conversation_external_id: conv.into(),
+        external_id: ext.into(),
+        sender_id: Some("a".into()),
+        kind: "regular".into(),
+        text: Some(ext.into()),
+        encrypted: None,
+        attachments: json!([]),
+        custom: json!({}),
+        created_at,
+        unread: false,
+    }
+}
+
+fn texts(page: &[confab::domain::Message]) -> Vec<(i64, &str)> {
+    page.iter()
+        .map(|m| (m.seq, m.text.as_deref().unwrap_or("")))
+        .collect()
+}
+
+/// Retention finds old messages through their conversations' first message: imported history
+/// older than the window goes (a prefix of each conversation, in batches), newer messages and
+/// other conversations stay, a conversation left with nothing has no first or last message,
+/// and an import of a message older than the conversation's first makes it the first (and
+/// retention finds it).
+async fn retention_by_conversation(db: Db) {
+    let s = open(db).await;
+    let now = confab::domain::Timestamp::now().0;
+    let day = 86_400_000;
+    let conv = |ext: &str| confab::storage::ImportConversation {
+        line: 1,
+        external_id: ext.into(),
+        kind: "group".into(),
+        member_ids: vec!["a".into(), "b".into()],
+        name: None,
+        image_url: None,
+        custom: json!({}),
+        tags: vec![],
+        created_at: Some(now - 10 * day),
+    };
+    let batch = confab::storage::ImportBatch {
+        users: vec![],
+        conversations: vec![conv("mixed"), conv("old")],
+        messages: vec![
+            imported("mixed", "m1", now - 3 * day),
+            imported("mixed", "m2", now - 2 * day),
+            imported("mixed", "m3", now - 3_600_000),
+            imported("old", "o1", now - 4 * day),
+            imported("old", "o2", now - 3 * day),
+        ],
+    };
+    s.import_batch(&batch).await.unwrap();
+    let live = group_of_two_messages(&s).await;
+    let listed = s
+        .list_conversations(
+            "a",
+            &ListFilter {
+                limit: 10,
+                ..Default::default()
+            },
         )
-        .fetch_one(&mut watch)
         .await
         .unwrap();
-        if waiting > 0 {
+    let id_of = |ext: &str| {
+        listed
+            .conversations
+            .iter()
+            .find(|c| c.external_id.as_deref() == Some(ext))
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (mixed, old) = (id_of("mixed"), id_of("old"));
+    // One message a pass: four passes delete the four old ones, oldest conversation first.
+    let cutoff = now - day;
+    let mut deleted = Vec::new();
+    for _ in 0..10 {
+        let p = s.purge_before(cutoff, 1).await.unwrap();
+        if p.messages == 0 && p.conversations == 0 {
             break;
         }
-        waited += 1;
-        assert!(waited < 500, "the retention pass never waited on the row");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        deleted.push(p.messages);
     }
-    send_tx.commit().await.unwrap();
-    let purged = purge.await.unwrap().unwrap();
-    assert_eq!(purged.messages, 2);
-    let last: Option<String> =
-        sqlx::query_scalar("select last_message_id from conversations where conversation_id = $1")
-            .bind(&g)
-            .fetch_one(&mut watch)
-            .await
-            .unwrap();
-    assert_eq!(last.as_deref(), Some("m_new"));
+    assert_eq!(deleted.iter().sum::<u64>(), 4, "{deleted:?}");
+    let page = |c: String| {
+        let s = s.clone();
+        async move {
+            s.page_messages("a", &c, PageBound::Newest, 10)
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(texts(&page(mixed.clone()).await), [(3, "m3")]);
+    assert!(page(old.clone()).await.is_empty());
+    assert_eq!(
+        texts(&page(live.clone()).await),
+        [(1, "text 1"), (2, "text 2")]
+    );
+    let views = s
+        .conversations_for(Some("a"), &[mixed.clone(), old.clone()], 0)
+        .await
+        .unwrap();
+    for v in &views {
+        if v.id == old {
+            assert!(v.last_message.is_none());
+            assert_eq!(v.last_seq, 2, "seqs are never reused");
+        } else {
+            assert_eq!(v.last_message.as_ref().unwrap().text.as_deref(), Some("m3"));
+        }
+    }
+    // History older than the conversation's first message, imported later: renumbered in
+    // front, and the next pass finds it.
+    let older = confab::storage::ImportBatch {
+        users: vec![],
+        conversations: vec![],
+        messages: vec![imported("mixed", "m0", now - 5 * day)],
+    };
+    s.import_batch(&older).await.unwrap();
+    assert_eq!(texts(&page(mixed.clone()).await), [(1, "m0"), (2, "m3")]);
+    let p = s.purge_before(cutoff, 500).await.unwrap();
+    assert_eq!((p.messages, p.conversations), (1, 1));
+    assert_eq!(texts(&page(mixed.clone()).await), [(2, "m3")]);
+    let p = s.purge_before(cutoff, 500).await.unwrap();
+    assert_eq!(
+        (p.messages, p.conversations),
+        (0, 0),
+        "nothing left to look at"
+    );
 }

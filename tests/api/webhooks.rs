@@ -327,9 +327,15 @@ async fn retention_deletes_old_and_refuses_old_tokens(db: Db) {
         .to_owned();
     // Backdate what exists so far by two days.
     let two_days = 2 * 86_400_000i64;
-    crate::helpers::exec_sql(db, &url, &format!(
-        "update messages set created_at = created_at - {two_days}; update changes set created_at = created_at - {two_days}"
-    ))
+    crate::helpers::exec_sql(
+        db,
+        &url,
+        &format!(
+            "update messages set created_at = created_at - {two_days}; \
+         update conversations set first_message_at = first_message_at - {two_days}; \
+         update changes set created_at = created_at - {two_days}"
+        ),
+    )
     .await;
     app.send("ann", &g, "new1", "new").await;
     // The old messages go; the new one and the conversation stay right.
@@ -384,7 +390,9 @@ async fn retention_deletes_old_and_refuses_old_tokens(db: Db) {
         db,
         &url,
         &format!(
-            "update messages set created_at = created_at - {two_days} where conversation_id = '{h}'"
+            "update messages set created_at = created_at - {two_days} where conversation_id = '{h}'; \
+             update conversations set first_message_at = first_message_at - {two_days} \
+             where conversation_id = '{h}'"
         ),
     )
     .await;
