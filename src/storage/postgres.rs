@@ -262,6 +262,29 @@ impl PgStore {
         Ok(())
     }
 
+    /// The members of the conversations an import batch creates, in the same transaction
+    /// that created them and made their users. Where the role may, without the per-row
+    /// foreign-key checks (a query and a row lock for each of the two references of every
+    /// member: half of the insert's time, measured in BENCHMARKS.md, Import), which hold
+    /// without them: both rows were written or found earlier in this transaction, and users
+    /// and conversations are never deleted.
+    async fn import_members(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        rows: &[(&str, &str, &str, i64)],
+    ) -> super::StoreResult<()> {
+        if self.import_skips_fk_check {
+            self.replication_role(tx, "set local session_replication_role = replica")
+                .await?;
+        }
+        self.insert_members(tx, rows).await?;
+        if self.import_skips_fk_check {
+            self.replication_role(tx, "set local session_replication_role = origin")
+                .await?;
+        }
+        Ok(())
+    }
+
     /// `replica` skips ordinary triggers (the foreign-key checks), `origin` is the default.
     async fn replication_role(
         &self,

@@ -3068,7 +3068,7 @@ macro_rules! sql_store {
                             c.member_ids.iter().map(move |m| (id.as_str(), m.as_str(), "member", at))
                         })
                         .collect();
-                    self.insert_members(&mut tx, &rows).await?;
+                    self.import_members(&mut tx, &rows).await?;
                     let tags: Vec<(&str, &str)> = created
                         .iter()
                         .flat_map(|(id, c)| c.tags.iter().map(move |tag| (id.as_str(), tag.as_str())))

@@ -159,6 +159,16 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// The members of the conversations an import batch creates (on PostgreSQL without the
+    /// per-row foreign-key checks; here SQLite's own checks are index lookups).
+    async fn import_members(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        rows: &[(&str, &str, &str, i64)],
+    ) -> super::StoreResult<()> {
+        self.insert_members(tx, rows).await
+    }
+
     /// After an import batch's messages: the touched conversations' denormalized fields, and
     /// their members' activity times and (for members who had read everything) read
     /// positions, in 500-row statements.
