@@ -64,7 +64,7 @@ async fn retention(store: DynStore, window: Duration, interval: Duration) {
                     metrics::counter!("confab_retention_deleted_total", "what" => "changes")
                         .increment(p.changes);
                     if p.messages < 500
-                        && p.conversations < 500
+                        && p.conversations < u64::from(crate::storage::PURGE_CONVERSATIONS)
                         && p.changes < 500
                         && p.deliveries < 500
                     {

@@ -221,12 +221,16 @@ pub trait Outbox: Send + Sync {
     fn is_online(&self, user: &str) -> bool;
 }
 
+/// The most conversations one retention pass looks for old messages in (one short
+/// transaction: each is locked until it ends).
+pub const PURGE_CONVERSATIONS: u32 = 100;
+
 /// What one retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
     pub messages: u64,
-    /// Conversations whose old messages the pass looked for (at most the batch size: if it
-    /// is reached, more may have old messages).
+    /// Conversations whose old messages the pass looked for (at most `PURGE_CONVERSATIONS`
+    /// or the batch size: if that is reached, more may have old messages).
     pub conversations: u64,
     pub changes: u64,
     pub deliveries: u64,

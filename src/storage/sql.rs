@@ -916,6 +916,77 @@ macro_rules! sql_store {
             /// Member rows of new conversations: (conversation, user, role, joined at). The
             /// activity copy starts at the join time, the read position at 0 (a new
             /// conversation has no messages); a row already there is left as it is.
+            /// Retention in one conversation, in `tx`: locks it if its first message is still
+            /// older than `cutoff` (with `skip_locked`, not if another transaction holds it:
+            /// then `None`), deletes the old ones among its first `room` messages by seq, and
+            /// moves its first message's time and, if that one went, its last message. The
+            /// number of messages deleted.
+            async fn purge_conversation(
+                &self,
+                tx: &mut Tx,
+                c: &str,
+                cutoff: i64,
+                room: usize,
+                skip_locked: bool,
+            ) -> StoreResult<Option<u64>> {
+                self.tick(1);
+                let lock = if skip_locked {
+                    concat!(
+                        "select c.conversation_id from conversations c where c.conversation_id = $1 \
+                         and c.first_message_at < $2 ",
+                        $skip_locked
+                    )
+                } else {
+                    concat!(
+                        "select c.conversation_id from conversations c where c.conversation_id = $1 \
+                         and c.first_message_at < $2 ",
+                        $lock
+                    )
+                };
+                let locked: Option<String> = sqlx::query_scalar(lock)
+                    .bind(c)
+                    .bind(cutoff)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                if locked.is_none() {
+                    // Held by a writer, or no longer old (another pass, or nothing to do).
+                    return Ok(if skip_locked { None } else { Some(0) });
+                }
+                self.tick(2);
+                // The first `room` by seq, of which those older than the window: the scan
+                // stops there even when few are old.
+                let deleted = sqlx::query(
+                    "delete from messages where message_id in (select f.message_id from \
+                     (select message_id, created_at from messages where conversation_id = $1 \
+                     order by seq limit $3) f where f.created_at < $2)",
+                )
+                .bind(c)
+                .bind(cutoff)
+                .bind(room as i64)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+                // Its new first message (none if none is left: then the next passes leave it
+                // alone, as when the first is no older than the window); its last one only if
+                // that one is gone.
+                sqlx::query(
+                    "update conversations set first_message_at = (select m.created_at from \
+                     messages m where m.conversation_id = $1 order by m.seq limit 1), \
+                     last_message_id = coalesce((select m.message_id from messages m \
+                       where m.message_id = conversations.last_message_id), \
+                       (select m.message_id from messages m where m.conversation_id = $1 \
+                       order by m.seq desc limit 1)) \
+                     where conversation_id = $1",
+                )
+                .bind(c)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+                Ok(Some(deleted))
+            }
+
             async fn insert_members(&self, tx: &mut Tx, rows: &[(&str, &str, &str, i64)]) -> StoreResult<()> {
                 for chunk in rows.chunks(1000) {
                     self.tick(1);
@@ -2845,92 +2916,52 @@ macro_rules! sql_store {
 
             async fn purge_before(&self, cutoff: i64, batch: u32) -> StoreResult<Purged> {
                 let mut purged = Purged::default();
-                // Messages, in one short transaction with the fields of their conversations.
-                // Within a conversation created_at never decreases with seq (sends are stamped
-                // no earlier than its last message, imports renumber), so the messages older
-                // than the window are a prefix of each conversation, found from the
-                // conversations whose first message is older (`first_message_at`). On
-                // PostgreSQL the pass locks those conversations, as sends do, and skips the
-                // ones a send holds: the next pass takes them.
-                let mut tx = self.begin().await?;
+                // Messages. Within a conversation created_at never decreases with seq (sends
+                // are stamped no earlier than its last message, imports renumber), so the
+                // messages older than the window are a prefix of each conversation, found from
+                // the conversations whose first message is older (`first_message_at`), oldest
+                // first, at most `PURGE_CONVERSATIONS` a pass.
                 self.tick(1);
-                let convs: Vec<String> = sqlx::query_scalar(concat!(
+                let convs: Vec<String> = sqlx::query_scalar(
                     "select conversation_id from conversations where first_message_at < $1 \
-                     order by first_message_at limit $2 ",
-                    $skip_locked
-                ))
+                     order by first_message_at limit $2",
+                )
                 .bind(cutoff)
-                .bind(batch as i64)
-                .fetch_all(&mut *tx)
+                .bind(i64::from(batch.min($crate::storage::PURGE_CONVERSATIONS)))
+                .fetch_all(&self.writer)
                 .await
                 .map_err(db_error)?;
-                let mut gone: Vec<(String, String)> = Vec::new();
-                let mut visited: Vec<&str> = Vec::new();
+                purged.conversations = convs.len() as u64;
+                // One short transaction for all of them. Each conversation is locked as sends
+                // lock it, just before its messages go; on PostgreSQL one a writer holds is
+                // skipped rather than waited for (waiting while holding the others could
+                // deadlock with a batch that locks several).
+                let mut skipped: Vec<&str> = Vec::new();
+                let mut tx = self.begin().await?;
                 for c in &convs {
-                    let room = batch as usize - gone.len();
+                    let room = batch as usize - purged.messages as usize;
                     if room == 0 {
                         break;
                     }
-                    self.tick(1);
-                    // The first `room` by seq, of which those older than the window: the
-                    // scan stops there even when few are old.
-                    let deleted: Vec<(String, String)> = sqlx::query_as(
-                        "delete from messages where message_id in (select f.message_id from \
-                         (select message_id, created_at from messages where conversation_id = $1 \
-                         order by seq limit $3) f where f.created_at < $2) \
-                         returning conversation_id, message_id",
-                    )
-                    .bind(c)
-                    .bind(cutoff)
-                    .bind(room as i64)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    gone.extend(deleted);
-                    visited.push(c);
-                }
-                purged.messages = gone.len() as u64;
-                purged.conversations = convs.len() as u64;
-                // Each visited conversation starts at its new first message (none if it has
-                // none left; one whose first message is no older than the window is left
-                // alone by the next passes).
-                for chunk in visited.chunks(400) {
-                    self.tick(1);
-                    let sql = format!(
-                        "update conversations set first_message_at = (select m.created_at from \
-                         messages m where m.conversation_id = conversations.conversation_id \
-                         order by m.seq limit 1) where conversation_id in ({})",
-                        params(1, chunk.len())
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for c in chunk {
-                        q = q.bind(*c);
+                    match self.purge_conversation(&mut tx, c, cutoff, room, true).await? {
+                        Some(n) => purged.messages += n,
+                        None => skipped.push(c),
                     }
-                    q.execute(&mut *tx).await.map_err(db_error)?;
-                }
-                // Only a conversation whose last message was deleted gets a new one.
-                for chunk in gone.chunks(400) {
-                    let mut convs: Vec<&str> = chunk.iter().map(|(c, _)| c.as_str()).collect();
-                    convs.sort_unstable();
-                    convs.dedup();
-                    let sql = format!(
-                        "update conversations set last_message_id = (select m.message_id from messages m \
-                         where m.conversation_id = conversations.conversation_id order by m.seq desc limit 1) \
-                         where conversation_id in ({}) and last_message_id in ({})",
-                        params(1, convs.len()),
-                        params(1 + convs.len(), chunk.len())
-                    );
-                    let mut q = sqlx::query(AssertSqlSafe(sql));
-                    for c in convs {
-                        q = q.bind(c);
-                    }
-                    for (_, m) in chunk {
-                        q = q.bind(m);
-                    }
-                    self.tick(1);
-                    q.execute(&mut *tx).await.map_err(db_error)?;
                 }
                 self.commit(tx).await?;
+                // Those a writer held, each in a transaction of its own that waits for it
+                // (holding no other lock, it cannot deadlock), so that a busy conversation is
+                // not left for the next interval.
+                for c in skipped {
+                    let room = batch as usize - purged.messages as usize;
+                    if room == 0 {
+                        break;
+                    }
+                    let mut tx = self.begin().await?;
+                    let n = self.purge_conversation(&mut tx, c, cutoff, room, false).await?;
+                    self.commit(tx).await?;
+                    purged.messages += n.unwrap_or(0);
+                }
 
                 // Changes: tokens below the highest deleted position can no longer be served.
                 let mut tx = self.begin().await?;

@@ -698,16 +698,19 @@ async fn batched_creates(db: Db) {
     assert_eq!(page.conversations.len(), 3, "ab, the group and ae");
 }
 
-/// A retention pass beside a send on PostgreSQL. The pass locks the conversations whose old
-/// messages it deletes, as sends do, and skips one a send holds (waiting on it could deadlock
-/// with a batch that locks several): the next pass takes it, and the send's message, committed
-/// in between, stays the conversation's last one and becomes its first.
+/// A retention pass beside a send on PostgreSQL. The pass locks each conversation whose old
+/// messages it deletes, as sends do, and skips one a send holds instead of waiting for it while
+/// holding the others (which could deadlock with a batch that locks several): the others'
+/// old messages are gone, committed, while it then waits for the held one alone. Once the
+/// send commits, that one's old messages go too, and the send's message stays its last and
+/// becomes its first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_skips_a_conversation_a_send_holds() {
     use sqlx::Connection;
     let url = fresh_database(Db::Postgres).await;
     let s = open_at(&url).await;
-    let g = group_of_two_messages(&s).await;
+    let held = group_of_two_messages(&s).await;
+    let other = group_of_two_messages(&s).await;
     let now = confab::domain::Timestamp::now().0;
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("update messages set created_at = created_at - 172800000")
@@ -724,7 +727,7 @@ async fn purge_skips_a_conversation_a_send_holds() {
         "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, created_at) \
          values ('m_new', $1, 3, 'a', 'text', 'new', $2)",
     )
-    .bind(&g)
+    .bind(&held)
     .bind(now)
     .execute(&mut *send_tx)
     .await
@@ -732,27 +735,64 @@ async fn purge_skips_a_conversation_a_send_holds() {
     sqlx::query(
         "update conversations set last_seq = 3, last_message_id = 'm_new' where conversation_id = $1",
     )
-    .bind(&g)
+    .bind(&held)
     .execute(&mut *send_tx)
     .await
     .unwrap();
     let cutoff = now - 86_400_000;
-    let skipped = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        s.purge_before(cutoff, 500),
-    )
-    .await
-    .expect("the retention pass waited on the send's conversation")
-    .unwrap();
-    assert_eq!((skipped.messages, skipped.conversations), (0, 0));
+    let purge = tokio::spawn({
+        let s = s.clone();
+        async move { s.purge_before(cutoff, 500).await }
+    });
+    let mut watch = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and wait_event_type = 'Lock' and query like 'select c.conversation_id from conversations c%'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(
+            waited < 500,
+            "the retention pass never waited on the held conversation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let count = |conv: String| {
+        let url = url.clone();
+        async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("select count(*) from messages where conversation_id = $1")
+                .bind(conv)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count(other.clone()).await,
+        0,
+        "the other conversation was purged first"
+    );
+    assert_eq!(
+        count(held.clone()).await,
+        2,
+        "the held one waits for its send"
+    );
     send_tx.commit().await.unwrap();
-    let purged = s.purge_before(cutoff, 500).await.unwrap();
-    assert_eq!((purged.messages, purged.conversations), (2, 1));
+    let purged = purge.await.unwrap().unwrap();
+    assert_eq!((purged.messages, purged.conversations), (4, 2));
     let (last, first): (Option<String>, Option<i64>) = sqlx::query_as(
         "select last_message_id, first_message_at from conversations where conversation_id = $1",
     )
-    .bind(&g)
-    .fetch_one(&mut c)
+    .bind(&held)
+    .fetch_one(&mut watch)
     .await
     .unwrap();
     assert_eq!(last.as_deref(), Some("m_new"));
@@ -840,17 +880,6 @@ async fn retention_by_conversation(db: Db) {
             .clone()
     };
     let (mixed, old) = (id_of("mixed"), id_of("old"));
-    // One message a pass: four passes delete the four old ones, oldest conversation first.
-    let cutoff = now - day;
-    let mut deleted = Vec::new();
-    for _ in 0..10 {
-        let p = s.purge_before(cutoff, 1).await.unwrap();
-        if p.messages == 0 && p.conversations == 0 {
-            break;
-        }
-        deleted.push(p.messages);
-    }
-    assert_eq!(deleted.iter().sum::<u64>(), 4, "{deleted:?}");
     let page = |c: String| {
         let s = s.clone();
         async move {
@@ -860,6 +889,20 @@ async fn retention_by_conversation(db: Db) {
                 .0
         }
     };
+    // One message a pass: four passes delete the four old ones, the oldest first.
+    let cutoff = now - day;
+    let first = s.purge_before(cutoff, 1).await.unwrap();
+    assert_eq!((first.messages, first.conversations), (1, 1));
+    assert_eq!(texts(&page(old.clone()).await), [(2, "o2")]);
+    let mut deleted = vec![first.messages];
+    for _ in 0..10 {
+        let p = s.purge_before(cutoff, 1).await.unwrap();
+        if p.messages == 0 && p.conversations == 0 {
+            break;
+        }
+        deleted.push(p.messages);
+    }
+    assert_eq!(deleted, [1, 1, 1, 1]);
     assert_eq!(texts(&page(mixed.clone()).await), [(3, "m3")]);
     assert!(page(old.clone()).await.is_empty());
     assert_eq!(
@@ -886,10 +929,19 @@ async fn retention_by_conversation(db: Db) {
         messages: vec![imported("mixed", "m0", now - 5 * day)],
     };
     s.import_batch(&older).await.unwrap();
-    assert_eq!(texts(&page(mixed.clone()).await), [(1, "m0"), (2, "m3")]);
+    let only_texts = |page: Vec<confab::domain::Message>| -> Vec<Option<String>> {
+        page.into_iter().map(|m| m.text).collect()
+    };
+    assert_eq!(
+        only_texts(page(mixed.clone()).await),
+        [Some("m0".to_owned()), Some("m3".to_owned())]
+    );
     let p = s.purge_before(cutoff, 500).await.unwrap();
     assert_eq!((p.messages, p.conversations), (1, 1));
-    assert_eq!(texts(&page(mixed.clone()).await), [(2, "m3")]);
+    assert_eq!(
+        only_texts(page(mixed.clone()).await),
+        [Some("m3".to_owned())]
+    );
     let p = s.purge_before(cutoff, 500).await.unwrap();
     assert_eq!(
         (p.messages, p.conversations),
