@@ -92,7 +92,7 @@ super::sql::sql_store!(
     migrate_lock = "select pg_advisory_xact_lock(7419)",
     analyze = "analyze users, conversations, members, messages, changes",
     json_agg = "json_agg",
-    json_object = "json_build_object",
+    json_array = "json_build_array",
     import_shards = 2,
     placeholder = '$'
 );

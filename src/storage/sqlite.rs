@@ -105,7 +105,7 @@ super::sql::sql_store!(
     migrate_lock = "select 1",
     analyze = "",
     json_agg = "json_group_array",
-    json_object = "json_object",
+    json_array = "json_array",
     import_shards = 1,
     placeholder = '?'
 );
