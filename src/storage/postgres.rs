@@ -90,7 +90,10 @@ super::sql::sql_store!(
     lock = "for update of c",
     skip_locked = "for update skip locked",
     migrate_lock = "select pg_advisory_xact_lock(7419)",
-    analyze = "analyze users, conversations, members, messages, changes",
+    analyze = [
+        "analyze messages",
+        "analyze users, conversations, members, changes"
+    ],
     json_agg = "json_agg",
     json_array = "json_build_array",
     import_shards = 2,

@@ -247,7 +247,7 @@ macro_rules! sql_store {
         lock = $lock:literal,
         skip_locked = $skip_locked:literal,
         migrate_lock = $migrate_lock:literal,
-        analyze = $analyze:literal,
+        analyze = [$($analyze:literal),*],
         json_agg = $json_agg:literal,
         json_array = $json_array:literal,
         import_shards = $shards:literal,
@@ -2156,27 +2156,31 @@ macro_rules! sql_store {
                 Ok(Committed { value: (), changes })
             }
 
+            /// Each statement of `$analyze` on a connection of its own, at once (the messages'
+            /// sample, the largest, beside all the others').
+            async fn refresh_statistics(&self) -> StoreResult<()> {
+                let statements: &[&'static str] = &[$($analyze),*];
+                futures_util::future::try_join_all(statements.iter().map(|&analyze| async move {
+                    self.tick(3);
+                    // Not bound by CONFAB_DB_TIMEOUT: it reads samples of whole tables, and
+                    // blocks neither reads nor writes meanwhile.
+                    let mut tx = self.writer.begin().await.map_err(db_error)?;
+                    sqlx::query("set local statement_timeout = 0")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    sqlx::query(analyze).execute(&mut *tx).await.map_err(db_error)?;
+                    tx.commit().await.map_err(db_error)
+                }))
+                .await?;
+                Ok(())
+            }
+
             /// One transaction for the whole batch, with a fixed number of statements for its
             /// sends whatever their number: lock the conversations and read the memberships,
             /// look up `client_id` replays and parents, insert the messages, move the
             /// conversations' last-message fields and the senders' read positions. Sends take
             /// their seqs in arrival order; read marks run after the sends, one at a time.
-            async fn refresh_statistics(&self) -> StoreResult<()> {
-                if $analyze.is_empty() {
-                    return Ok(());
-                }
-                self.tick(3);
-                // Not bound by CONFAB_DB_TIMEOUT: it reads samples of every table, and blocks
-                // neither reads nor writes meanwhile.
-                let mut tx = self.writer.begin().await.map_err(db_error)?;
-                sqlx::query("set local statement_timeout = 0")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                sqlx::query($analyze).execute(&mut *tx).await.map_err(db_error)?;
-                tx.commit().await.map_err(db_error)
-            }
-
             async fn write_batch_staged(
                 &self,
                 ops: &[WriteOp],

@@ -103,7 +103,7 @@ super::sql::sql_store!(
     lock = "",
     skip_locked = "",
     migrate_lock = "select 1",
-    analyze = "",
+    analyze = [],
     json_agg = "json_group_array",
     json_array = "json_array",
     import_shards = 1,
