@@ -18,8 +18,8 @@ pub struct PgStore {
     /// Set when webhooks are configured: deliveries are written with the changes.
     outbox: std::sync::OnceLock<Arc<dyn crate::storage::Outbox>>,
     /// Whether this role may set `session_replication_role` (a superuser, or granted `SET` on
-    /// it): then an import's COPY skips the per-row foreign-key check (see
-    /// `bulk_insert_messages`).
+    /// it): then an import's COPY and its new members skip the per-row foreign-key checks (see
+    /// `bulk_insert_messages` and `import_members`).
     import_skips_fk_check: bool,
 }
 
@@ -92,7 +92,7 @@ super::sql::sql_store!(
     migrate_lock = "select pg_advisory_xact_lock(7419)",
     analyze = [
         "analyze messages",
-        "analyze users, conversations, members, changes"
+        "analyze users, conversations, members, conversation_tags, changes"
     ],
     json_agg = "json_agg",
     json_array = "json_build_array",

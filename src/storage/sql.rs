@@ -913,9 +913,6 @@ macro_rules! sql_store {
                 })
             }
 
-            /// Member rows of new conversations: (conversation, user, role, joined at). The
-            /// activity copy starts at the join time, the read position at 0 (a new
-            /// conversation has no messages); a row already there is left as it is.
             /// Retention in one conversation, in `tx`: locks it if its first message is still
             /// older than `cutoff` (with `skip_locked`, not if another transaction holds it:
             /// then `None`), deletes the old ones among its first `room` messages by seq, and
@@ -987,6 +984,22 @@ macro_rules! sql_store {
                 Ok(Some(deleted))
             }
 
+            /// One `analyze` statement, not bound by CONFAB_DB_TIMEOUT: it reads samples of
+            /// whole tables, and blocks neither reads nor writes meanwhile.
+            async fn analyze(&self, analyze: &'static str) -> StoreResult<()> {
+                self.tick(3);
+                let mut tx = self.writer.begin().await.map_err(db_error)?;
+                sqlx::query("set local statement_timeout = 0")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                sqlx::query(analyze).execute(&mut *tx).await.map_err(db_error)?;
+                tx.commit().await.map_err(db_error)
+            }
+
+            /// Member rows of new conversations: (conversation, user, role, joined at). The
+            /// activity copy starts at the join time, the read position at 0 (a new
+            /// conversation has no messages); a row already there is left as it is.
             async fn insert_members(&self, tx: &mut Tx, rows: &[(&str, &str, &str, i64)]) -> StoreResult<()> {
                 for chunk in rows.chunks(1000) {
                     self.tick(1);
@@ -2157,22 +2170,20 @@ macro_rules! sql_store {
             }
 
             /// Each statement of `$analyze` on a connection of its own, at once (the messages'
-            /// sample, the largest, beside all the others').
+            /// sample, the largest, beside all the others'), unless that would leave a small
+            /// pool (fewer than 4 connections) without one for requests meanwhile.
             async fn refresh_statistics(&self) -> StoreResult<()> {
                 let statements: &[&'static str] = &[$($analyze),*];
-                futures_util::future::try_join_all(statements.iter().map(|&analyze| async move {
-                    self.tick(3);
-                    // Not bound by CONFAB_DB_TIMEOUT: it reads samples of whole tables, and
-                    // blocks neither reads nor writes meanwhile.
-                    let mut tx = self.writer.begin().await.map_err(db_error)?;
-                    sqlx::query("set local statement_timeout = 0")
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    sqlx::query(analyze).execute(&mut *tx).await.map_err(db_error)?;
-                    tx.commit().await.map_err(db_error)
-                }))
-                .await?;
+                if self.writer.options().get_max_connections() >= 4 {
+                    futures_util::future::try_join_all(
+                        statements.iter().map(|&analyze| self.analyze(analyze)),
+                    )
+                    .await?;
+                } else {
+                    for &analyze in statements {
+                        self.analyze(analyze).await?;
+                    }
+                }
                 Ok(())
             }
 
@@ -2941,30 +2952,41 @@ macro_rules! sql_store {
                 // skipped rather than waited for (waiting while holding the others could
                 // deadlock with a batch that locks several).
                 let mut skipped: Vec<&str> = Vec::new();
-                let mut tx = self.begin().await?;
-                for c in &convs {
-                    let room = batch as usize - purged.messages as usize;
-                    if room == 0 {
-                        break;
+                // (None: no transaction, which on SQLite would take the writer.)
+                if !convs.is_empty() {
+                    let mut tx = self.begin().await?;
+                    for c in &convs {
+                        let room = batch as usize - purged.messages as usize;
+                        if room == 0 {
+                            break;
+                        }
+                        match self.purge_conversation(&mut tx, c, cutoff, room, true).await? {
+                            Some(n) => purged.messages += n,
+                            None => skipped.push(c),
+                        }
                     }
-                    match self.purge_conversation(&mut tx, c, cutoff, room, true).await? {
-                        Some(n) => purged.messages += n,
-                        None => skipped.push(c),
-                    }
+                    self.commit(tx).await?;
                 }
-                self.commit(tx).await?;
                 // Those a writer held, each in a transaction of its own that waits for it
                 // (holding no other lock, it cannot deadlock), so that a busy conversation is
-                // not left for the next interval.
+                // not left for the next interval. One held past the statement timeout (a long
+                // import batch) is left for the next pass; the rest of this one goes on.
                 for c in skipped {
                     let room = batch as usize - purged.messages as usize;
                     if room == 0 {
                         break;
                     }
                     let mut tx = self.begin().await?;
-                    let n = self.purge_conversation(&mut tx, c, cutoff, room, false).await?;
-                    self.commit(tx).await?;
-                    purged.messages += n.unwrap_or(0);
+                    match self.purge_conversation(&mut tx, c, cutoff, room, false).await {
+                        Ok(n) => {
+                            self.commit(tx).await?;
+                            purged.messages += n.unwrap_or(0);
+                        }
+                        Err(e) => {
+                            // Rolled back when dropped.
+                            tracing::warn!(conversation_id = c, error = %e, "retention skipped a conversation it waited for");
+                        }
+                    }
                 }
 
                 // Changes: tokens below the highest deleted position can no longer be served.

@@ -721,6 +721,19 @@ async fn purge_skips_a_conversation_a_send_holds() {
         .execute(&mut c)
         .await
         .unwrap();
+    // The held conversation older still, so that the pass comes to it first.
+    sqlx::query("update messages set created_at = created_at - 1000 where conversation_id = $1")
+        .bind(&held)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update conversations set first_message_at = first_message_at - 1000 where conversation_id = $1",
+    )
+    .bind(&held)
+    .execute(&mut c)
+    .await
+    .unwrap();
     // The send, written but not committed: its message and the conversation's new last one.
     let mut send_tx = c.begin().await.unwrap();
     sqlx::query(
