@@ -253,15 +253,9 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(());
         }
-        if self.import_skips_fk_check {
-            self.replication_role(tx, "set local session_replication_role = replica")
-                .await?;
-        }
+        self.fk_checks(tx, false).await?;
         self.copy_messages(tx, rows).await?;
-        if self.import_skips_fk_check {
-            self.replication_role(tx, "set local session_replication_role = origin")
-                .await?;
-        }
+        self.fk_checks(tx, true).await?;
         Ok(())
     }
 
@@ -276,24 +270,28 @@ impl PgStore {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         rows: &[(&str, &str, &str, i64)],
     ) -> super::StoreResult<()> {
-        if self.import_skips_fk_check {
-            self.replication_role(tx, "set local session_replication_role = replica")
-                .await?;
-        }
+        self.fk_checks(tx, false).await?;
         self.insert_members(tx, rows).await?;
-        if self.import_skips_fk_check {
-            self.replication_role(tx, "set local session_replication_role = origin")
-                .await?;
-        }
+        self.fk_checks(tx, true).await?;
         Ok(())
     }
 
+    /// Turns the per-row foreign-key checks of `tx` off or back on, where the role may
+    /// (`import_skips_fk_check`; otherwise they stay on): `session_replication_role`
     /// `replica` skips ordinary triggers (the foreign-key checks), `origin` is the default.
-    async fn replication_role(
+    async fn fk_checks(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        sql: &'static str,
+        on: bool,
     ) -> super::StoreResult<()> {
+        if !self.import_skips_fk_check {
+            return Ok(());
+        }
+        let sql = if on {
+            "set local session_replication_role = origin"
+        } else {
+            "set local session_replication_role = replica"
+        };
         self.queries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query(sql)

@@ -30,6 +30,19 @@ async fn open_at(url: &str) -> DynStore {
         .unwrap()
 }
 
+/// The first page of ten of `user`'s conversations.
+async fn first_ten(s: &DynStore, user: &str) -> confab::storage::ConversationPage {
+    s.list_conversations(
+        user,
+        &ListFilter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// A group of a and b with two messages from a; its id.
 async fn group_of_two_messages(s: &DynStore) -> String {
     let (g, _) = s
@@ -685,16 +698,7 @@ async fn batched_creates(db: Db) {
         kinds,
         [ChangeKind::ConversationCreated, ChangeKind::MessageNew]
     );
-    let page = s
-        .list_conversations(
-            "a",
-            &ListFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let page = first_ten(&s, "a").await;
     assert_eq!(page.conversations.len(), 3, "ab, the group and ae");
 }
 
@@ -873,16 +877,7 @@ async fn retention_by_conversation(db: Db) {
     };
     s.import_batch(&batch).await.unwrap();
     let live = group_of_two_messages(&s).await;
-    let listed = s
-        .list_conversations(
-            "a",
-            &ListFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let listed = first_ten(&s, "a").await;
     let id_of = |ext: &str| {
         listed
             .conversations
