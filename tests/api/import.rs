@@ -10,7 +10,8 @@ both!(
     import_streams_reports_and_is_idempotent,
     import_in_small_batches_in_flight_together,
     import_into_newer_history_renumbers,
-    import_behind_live_messages_keeps_text_and_is_idempotent
+    import_behind_live_messages_keeps_text_and_is_idempotent,
+    import_keeps_every_field_of_a_message
 );
 
 /// After a large import PostgreSQL's statistics are fresh (its autovacuum may analyze much
@@ -473,4 +474,66 @@ async fn import_behind_live_messages_keeps_text_and_is_idempotent(db: Db) {
         .await
         .expect(200);
     assert!(ev["events"].as_array().unwrap().is_empty(), "{ev}");
+}
+
+/// Plain text messages and messages with other fields (system, encrypted, attachments,
+/// custom) are written by different statements on SQLite; in one batch, each reads back with
+/// all its fields, at the seq its created_at gives it.
+async fn import_keeps_every_field_of_a_message(db: Db) {
+    let app = spawn_app(db).await;
+    let encrypted = json!({"ciphertext": "Y2lwaGVy", "nonce": "bm9uY2U=", "ephemeral_public_key": "a2V5", "algorithm": "x25519-aes-gcm"});
+    let attachments = json!([{"key": "k/1", "file_name": "a.png", "size": 123, "mime_type": "image/png", "thumbnail_key": null, "url": "https://files.example/k/1"}]);
+    let at = |s: u32| format!("2020-01-01T10:00:{s:02}.000Z");
+    let lines = [
+        json!({"record": "conversation", "external_id": "f", "type": "group", "member_ids": ["ann", "bob"]}),
+        json!({"record": "message", "conversation_external_id": "f", "external_id": "f1", "sender_id": "ann", "text": "plain", "created_at": at(1)}),
+        json!({"record": "message", "conversation_external_id": "f", "external_id": "f2", "type": "system", "text": "ann renamed the group", "created_at": at(2)}),
+        json!({"record": "message", "conversation_external_id": "f", "external_id": "f3", "sender_id": "bob", "encrypted": encrypted, "created_at": at(3)}),
+        json!({"record": "message", "conversation_external_id": "f", "external_id": "f4", "sender_id": "ann", "text": "see", "attachments": attachments, "custom": {"order": 7}, "created_at": at(4)}),
+        json!({"record": "message", "conversation_external_id": "f", "external_id": "f5", "sender_id": "bob", "text": "plain again", "created_at": at(5)}),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let done = app.import_ndjson(lines).await;
+    assert_eq!(counts(done.last().unwrap()), (Some(1), Some(5), Some(0)));
+    let b = app.user("bob");
+    let list = app.get("/v1/conversations", &b).await.expect(200);
+    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let page = messages(&app, &id, &b).await;
+    let fields: Vec<serde_json::Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            json!([
+                m["seq"],
+                m["type"],
+                m["sender_id"],
+                m["text"],
+                m["encrypted"],
+                m["attachments"],
+                m["custom"],
+                m["created_at"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            json!([1, "regular", "ann", "plain", null, [], {}, at(1)]),
+            json!([
+                2,
+                "system",
+                null,
+                "ann renamed the group",
+                null,
+                [],
+                {},
+                at(2)
+            ]),
+            json!([3, "regular", "bob", null, encrypted, [], {}, at(3)]),
+            json!([4, "regular", "ann", "see", null, attachments, {"order": 7}, at(4)]),
+            json!([5, "regular", "bob", "plain again", null, [], {}, at(5)]),
+        ]
+    );
 }
