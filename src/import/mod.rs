@@ -240,6 +240,15 @@ fn start(
     };
     let (stage, rx) = tokio::sync::watch::channel(Stage::Started);
     let task = tokio::spawn(async move {
+        // Off the runtime's threads, and before this batch's turn: the writer of the batch
+        // before is meanwhile busy with its own.
+        let batch = tokio::task::spawn_blocking(move || {
+            let mut batch = batch;
+            batch.group_messages();
+            batch
+        })
+        .await
+        .map_err(|e| crate::storage::StoreError::Other(anyhow::anyhow!("import batch: {e}")));
         // Failed is the last stage; a previous batch gone without one failed (it panicked).
         let mut reached = async |want: Stage| match &mut previous {
             None => true,
@@ -249,6 +258,13 @@ fn start(
         };
         let earlier_failed = || {
             crate::storage::StoreError::Other(anyhow::anyhow!("import: an earlier batch failed"))
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                stage.send_replace(Stage::Failed);
+                return Err(e);
+            }
         };
         if !reached(prepare_after).await {
             stage.send_replace(Stage::Failed);

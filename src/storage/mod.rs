@@ -273,6 +273,43 @@ pub struct ImportBatch {
     pub users: Vec<(usize, UserInput)>,
     pub conversations: Vec<ImportConversation>,
     pub messages: Vec<ImportMessage>,
+    /// The messages by conversation, from [`ImportBatch::group_messages`]: each group the
+    /// indexes of one conversation external id's messages in (created_at, line) order. None
+    /// until grouped, or when two messages share an external id (the writer then groups them
+    /// itself, keeping the first whose conversation exists).
+    pub grouped: Option<Vec<Vec<usize>>>,
+}
+
+impl ImportBatch {
+    /// Groups and orders the messages by conversation ahead of the write, which needs no
+    /// database: an import does it while the batch before is being written, so the writer
+    /// (SQLite's one connection above all) does not wait for it.
+    pub fn group_messages(&mut self) {
+        let grouped = {
+            let mut seen: HashSet<&str> = HashSet::with_capacity(self.messages.len());
+            let mut by_conversation: HashMap<&str, usize> = HashMap::new();
+            let mut groups: Vec<Vec<usize>> = Vec::new();
+            let mut unique = true;
+            for (i, m) in self.messages.iter().enumerate() {
+                if !seen.insert(&m.external_id) {
+                    unique = false;
+                    break;
+                }
+                let g = *by_conversation
+                    .entry(&m.conversation_external_id)
+                    .or_insert_with(|| {
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    });
+                groups[g].push(i);
+            }
+            for g in &mut groups {
+                g.sort_by_key(|&i| (self.messages[i].created_at, self.messages[i].line));
+            }
+            unique.then_some(groups)
+        };
+        self.grouped = grouped;
+    }
 }
 
 /// What a batch did: records accepted (created or already present) and bad lines.
@@ -652,5 +689,58 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Other(anyhow::Error::new(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ImportBatch, ImportMessage};
+
+    fn message(line: usize, conversation: &str, external_id: &str, at: i64) -> ImportMessage {
+        ImportMessage {
+            line,
+            conversation_external_id: conversation.into(),
+            external_id: external_id.into(),
+            sender_id: Some("a".into()),
+            kind: "regular".into(),
+            text: Some(external_id.into()),
+            encrypted: None,
+            attachments: serde_json::json!([]),
+            custom: serde_json::json!({}),
+            created_at: at,
+            unread: false,
+        }
+    }
+
+    #[test]
+    fn messages_are_grouped_by_conversation_in_created_at_order() {
+        let mut batch = ImportBatch {
+            messages: vec![
+                message(1, "c", "c3", 30),
+                message(2, "d", "d1", 10),
+                message(3, "c", "c1", 10),
+                message(4, "c", "c2", 30),
+                message(5, "c", "c0", 5),
+            ],
+            ..Default::default()
+        };
+        batch.group_messages();
+        let ids: Vec<Vec<&str>> = batch
+            .grouped
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|&i| batch.messages[i].external_id.as_str())
+                    .collect()
+            })
+            .collect();
+        // Equal times keep the file's order.
+        assert_eq!(ids, [vec!["c0", "c1", "c3", "c2"], vec!["d1"]]);
+        // An external id twice: left to the writer, which keeps the first it can import.
+        batch.messages.push(message(6, "d", "c1", 40));
+        batch.group_messages();
+        assert!(batch.grouped.is_none());
     }
 }

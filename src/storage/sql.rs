@@ -3059,11 +3059,17 @@ macro_rules! sql_store {
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }
                 out.users = batch.users.len() as u64;
+                // A batch's 100,000 messages name a few thousand senders: each is copied (and
+                // sorted, by ensure_users) once.
                 let referenced: Vec<String> = batch
                     .conversations
                     .iter()
-                    .flat_map(|c| c.member_ids.iter().cloned())
-                    .chain(batch.messages.iter().filter_map(|m| m.sender_id.clone()))
+                    .flat_map(|c| c.member_ids.iter())
+                    .chain(batch.messages.iter().filter_map(|m| m.sender_id.as_ref()))
+                    .map(String::as_str)
+                    .collect::<std::collections::HashSet<&str>>()
+                    .into_iter()
+                    .map(str::to_owned)
                     .collect();
                 self.ensure_users(&mut tx, &referenced).await?;
 
@@ -3159,9 +3165,10 @@ macro_rules! sql_store {
                     .map(|c| c.external_id.as_str())
                     .chain(batch.messages.iter().map(|m| m.conversation_external_id.as_str()))
                     .filter(|e| !convs.contains_key(*e))
+                    .collect::<std::collections::HashSet<&str>>()
+                    .into_iter()
                     .collect();
                 wanted.sort_unstable();
-                wanted.dedup();
                 let found = self
                     .fetch_in(
                         &mut tx,
@@ -3239,16 +3246,34 @@ macro_rules! sql_store {
                 let $crate::storage::ImportPrepared { outcome: mut out, conversations: convs, created, changes: created_changes } =
                     prepared;
                 // The first record of a message external id in the batch is the one imported.
-                let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
                 let mut groups: HashMap<&str, Vec<&$crate::storage::ImportMessage>> = HashMap::new();
-                for m in &batch.messages {
-                    let Some(conv) = convs.get(&m.conversation_external_id) else {
-                        out.errors.push((m.line, "no conversation has this external id".into(), "conversation_external_id"));
-                        continue;
-                    };
-                    out.messages += 1;
-                    if seen.insert(m.external_id.as_str()) {
-                        groups.entry(conv.as_str()).or_default().push(m);
+                let unknown = |m: &$crate::storage::ImportMessage| {
+                    (m.line, "no conversation has this external id".into(), "conversation_external_id")
+                };
+                if let Some(grouped) = &batch.grouped {
+                    // Grouped and ordered ahead (by external id: two of them may be one
+                    // direct conversation, whose messages import_messages orders again).
+                    for g in grouped {
+                        let msgs = g.iter().map(|&i| &batch.messages[i]);
+                        match g.first().and_then(|&i| convs.get(&batch.messages[i].conversation_external_id)) {
+                            Some(conv) => {
+                                out.messages += g.len() as u64;
+                                groups.entry(conv.as_str()).or_default().extend(msgs);
+                            }
+                            None => out.errors.extend(msgs.map(unknown)),
+                        }
+                    }
+                } else {
+                    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+                    for m in &batch.messages {
+                        let Some(conv) = convs.get(&m.conversation_external_id) else {
+                            out.errors.push(unknown(m));
+                            continue;
+                        };
+                        out.messages += 1;
+                        if seen.insert(m.external_id.as_str()) {
+                            groups.entry(conv.as_str()).or_default().push(m);
+                        }
                     }
                 }
                 // Largest conversations first, each to the lightest shard.

@@ -11,7 +11,8 @@ both!(
     import_in_small_batches_in_flight_together,
     import_into_newer_history_renumbers,
     import_behind_live_messages_keeps_text_and_is_idempotent,
-    import_keeps_every_field_of_a_message
+    import_keeps_every_field_of_a_message,
+    import_keeps_the_first_importable_of_a_repeated_external_id
 );
 
 /// After a large import PostgreSQL's statistics are fresh (its autovacuum may analyze much
@@ -536,4 +537,33 @@ async fn import_keeps_every_field_of_a_message(db: Db) {
             json!([5, "regular", "bob", "plain again", null, [], {}, at(5)]),
         ]
     );
+}
+
+/// One external id twice in a batch: the first record whose conversation exists is imported,
+/// the other is counted and skipped; a record naming an unknown conversation is a bad line
+/// and does not take the external id.
+async fn import_keeps_the_first_importable_of_a_repeated_external_id(db: Db) {
+    let app = spawn_app(db).await;
+    let at = |s: u32| format!("2020-01-01T10:00:{s:02}.000Z");
+    let lines = [
+        json!({"record": "conversation", "external_id": "d", "type": "direct", "member_ids": ["ann", "bob"]}),
+        json!({"record": "message", "conversation_external_id": "nowhere", "external_id": "x", "sender_id": "ann", "text": "lost x", "created_at": at(1)}),
+        json!({"record": "message", "conversation_external_id": "d", "external_id": "x", "sender_id": "ann", "text": "x", "created_at": at(1)}),
+        json!({"record": "message", "conversation_external_id": "d", "external_id": "y", "sender_id": "bob", "text": "first y", "created_at": at(2)}),
+        json!({"record": "message", "conversation_external_id": "d", "external_id": "y", "sender_id": "bob", "text": "second y", "created_at": at(3)}),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let out = app.import_ndjson(lines).await;
+    let bad: Vec<i64> = out
+        .iter()
+        .filter_map(|l| l.get("line").and_then(|n| n.as_i64()))
+        .collect();
+    assert_eq!(bad, [2]);
+    assert_eq!(counts(out.last().unwrap()), (Some(1), Some(3), Some(1)));
+    let b = app.user("bob");
+    let list = app.get("/v1/conversations", &b).await.expect(200);
+    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let page = messages(&app, &id, &b).await;
+    assert_eq!(seq_texts(&page), [(1, "x"), (2, "first y")]);
 }

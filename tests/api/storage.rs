@@ -874,6 +874,7 @@ async fn retention_by_conversation(db: Db) {
             imported("old", "o1", now - 4 * day),
             imported("old", "o2", now - 3 * day),
         ],
+        grouped: None,
     };
     s.import_batch(&batch).await.unwrap();
     let live = group_of_two_messages(&s).await;
@@ -935,6 +936,7 @@ async fn retention_by_conversation(db: Db) {
         users: vec![],
         conversations: vec![],
         messages: vec![imported("mixed", "m0", now - 5 * day)],
+        grouped: None,
     };
     s.import_batch(&older).await.unwrap();
     let only_texts = |page: Vec<confab::domain::Message>| -> Vec<Option<String>> {
