@@ -281,6 +281,20 @@ pub struct ImportBatch {
 }
 
 impl ImportBatch {
+    /// The grouping, if it is one of the messages as they are now (every message once):
+    /// messages added or removed after [`ImportBatch::group_messages`] make it None.
+    pub fn grouping(&self) -> Option<&[Vec<usize>]> {
+        let grouped = self.grouped.as_deref()?;
+        let mut counted = vec![false; self.messages.len()];
+        for &i in grouped.iter().flatten() {
+            match counted.get_mut(i) {
+                Some(c) if !*c => *c = true,
+                _ => return None,
+            }
+        }
+        counted.iter().all(|c| *c).then_some(grouped)
+    }
+
     /// Groups and orders the messages by conversation ahead of the write, which needs no
     /// database: an import does it while the batch before is being written, so the writer
     /// (SQLite's one connection above all) does not wait for it.
@@ -303,8 +317,10 @@ impl ImportBatch {
                     });
                 groups[g].push(i);
             }
-            for g in &mut groups {
-                g.sort_by_key(|&i| (self.messages[i].created_at, self.messages[i].line));
+            if unique {
+                for g in &mut groups {
+                    g.sort_by_key(|&i| (self.messages[i].created_at, self.messages[i].line));
+                }
             }
             unique.then_some(groups)
         };
@@ -716,10 +732,10 @@ mod tests {
     fn messages_are_grouped_by_conversation_in_created_at_order() {
         let mut batch = ImportBatch {
             messages: vec![
-                message(1, "c", "c3", 30),
+                message(4, "c", "c3", 30),
                 message(2, "d", "d1", 10),
                 message(3, "c", "c1", 10),
-                message(4, "c", "c2", 30),
+                message(1, "c", "c2", 30),
                 message(5, "c", "c0", 5),
             ],
             ..Default::default()
@@ -736,10 +752,20 @@ mod tests {
                     .collect()
             })
             .collect();
-        // Equal times keep the file's order.
-        assert_eq!(ids, [vec!["c0", "c1", "c3", "c2"], vec!["d1"]]);
+        // Equal times in the file's (line) order.
+        assert_eq!(ids, [vec!["c0", "c1", "c2", "c3"], vec!["d1"]]);
+        assert!(batch.grouping().is_some());
+        // Grouped, then changed: not a grouping of these messages.
+        let extra = message(6, "d", "d2", 40);
+        batch.messages.push(extra.clone());
+        assert!(batch.grouping().is_none());
+        batch.messages.truncate(3);
+        assert!(batch.grouping().is_none());
+        batch.messages = vec![extra];
+        batch.group_messages();
+        assert_eq!(batch.grouping(), Some(&[vec![0]][..]));
         // An external id twice: left to the writer, which keeps the first it can import.
-        batch.messages.push(message(6, "d", "c1", 40));
+        batch.messages.push(message(7, "d", "d2", 40));
         batch.group_messages();
         assert!(batch.grouped.is_none());
     }

@@ -3059,8 +3059,8 @@ macro_rules! sql_store {
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }
                 out.users = batch.users.len() as u64;
-                // A batch's 100,000 messages name a few thousand senders: each is copied (and
-                // sorted, by ensure_users) once.
+                // A batch's 100,000 messages name a few thousand senders: those are copied and
+                // sorted (by ensure_users), not every mention.
                 let referenced: Vec<String> = batch
                     .conversations
                     .iter()
@@ -3250,7 +3250,7 @@ macro_rules! sql_store {
                 let unknown = |m: &$crate::storage::ImportMessage| {
                     (m.line, "no conversation has this external id".into(), "conversation_external_id")
                 };
-                if let Some(grouped) = &batch.grouped {
+                if let Some(grouped) = batch.grouping() {
                     // Grouped and ordered ahead (by external id: two of them may be one
                     // direct conversation, whose messages import_messages orders again).
                     for g in grouped {

@@ -12,6 +12,8 @@ both!(
     import_into_newer_history_renumbers,
     import_behind_live_messages_keeps_text_and_is_idempotent,
     import_keeps_every_field_of_a_message,
+    import_many_plain_and_other_messages,
+    import_two_external_ids_of_one_pair,
     import_keeps_the_first_importable_of_a_repeated_external_id
 );
 
@@ -495,7 +497,7 @@ async fn import_keeps_every_field_of_a_message(db: Db) {
     ]
     .map(|l| l.to_string())
     .join("\n");
-    let done = app.import_ndjson(lines).await;
+    let done = app.import_ndjson(lines.clone()).await;
     assert_eq!(counts(done.last().unwrap()), (Some(1), Some(5), Some(0)));
     let b = app.user("bob");
     let list = app.get("/v1/conversations", &b).await.expect(200);
@@ -536,6 +538,109 @@ async fn import_keeps_every_field_of_a_message(db: Db) {
             json!([4, "regular", "ann", "see", null, attachments, {"order": 7}, at(4)]),
             json!([5, "regular", "bob", "plain again", null, [], {}, at(5)]),
         ]
+    );
+    // Both statements stored the external ids: the same file again writes nothing.
+    let again = app.import_ndjson(lines).await;
+    assert_eq!(counts(again.last().unwrap()), (Some(1), Some(5), Some(0)));
+    assert_eq!(messages(&app, &id, &b).await, page);
+}
+
+/// More than one full statement of each kind (500 rows) in one batch, alternating in time:
+/// every message lands at the seq its created_at gives it, with its fields.
+async fn import_many_plain_and_other_messages(db: Db) {
+    let app = spawn_app(db).await;
+    let n = 1_200;
+    let lines: Vec<String> = std::iter::once(
+        json!({"record": "conversation", "external_id": "many", "type": "group", "member_ids": ["ann", "bob"]}),
+    )
+    .chain((0..n).map(|i| {
+        let mut m = json!({
+            "record": "message", "conversation_external_id": "many", "external_id": format!("m{i}"),
+            "sender_id": "ann", "text": format!("t{i}"),
+            "created_at": format!("2020-01-01T00:{:02}:{:02}.000Z", i / 60, i % 60),
+        });
+        if i % 2 == 1 {
+            m["custom"] = json!({"i": i});
+        }
+        m
+    }))
+    .map(|l| l.to_string())
+    .collect();
+    let lines = lines.join("\n");
+    let done = app.import_ndjson(lines.clone()).await;
+    assert_eq!(counts(done.last().unwrap()), (Some(1), Some(n), Some(0)));
+    let b = app.user("bob");
+    let list = app.get("/v1/conversations", &b).await.expect(200);
+    let c = &list["conversations"][0];
+    assert_eq!(c["last_seq"], n);
+    let id = c["id"].as_str().unwrap().to_owned();
+    let page = app
+        .get(
+            &format!("/v1/conversations/{id}/messages?limit=100&before_seq=700"),
+            &b,
+        )
+        .await
+        .expect(200);
+    let got: Vec<(i64, String, serde_json::Value)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_i64().unwrap(),
+                m["text"].as_str().unwrap().to_owned(),
+                m["custom"].clone(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, String, serde_json::Value)> = (600..700)
+        .map(|seq| {
+            let i = seq - 1;
+            let custom = if i % 2 == 1 {
+                json!({"i": i})
+            } else {
+                json!({})
+            };
+            (seq, format!("t{i}"), custom)
+        })
+        .collect();
+    assert_eq!(got, want);
+    let again = app.import_ndjson(lines).await;
+    assert_eq!(counts(again.last().unwrap()), (Some(1), Some(n), Some(0)));
+    let list = app.get("/v1/conversations", &b).await.expect(200);
+    assert_eq!(
+        list["conversations"][0]["last_seq"], n,
+        "a re-import writes nothing"
+    );
+}
+
+/// Two external ids of one direct pair in one batch are one conversation; their messages
+/// together follow created_at, equal times the file's order.
+async fn import_two_external_ids_of_one_pair(db: Db) {
+    let app = spawn_app(db).await;
+    let at = |s: u32| format!("2020-01-01T10:00:{s:02}.000Z");
+    let msg = |conv: &str, ext: &str, s: u32| json!({"record": "message", "conversation_external_id": conv, "external_id": ext, "sender_id": "ann", "text": ext, "created_at": at(s)});
+    let lines = [
+        json!({"record": "conversation", "external_id": "p1", "type": "direct", "member_ids": ["ann", "bob"]}),
+        json!({"record": "conversation", "external_id": "p2", "type": "direct", "member_ids": ["bob", "ann"]}),
+        msg("p2", "b3", 3),
+        msg("p1", "a3", 3),
+        msg("p1", "a1", 1),
+        msg("p2", "b2", 2),
+        msg("p1", "a4", 4),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let done = app.import_ndjson(lines).await;
+    assert_eq!(counts(done.last().unwrap()), (Some(2), Some(5), Some(0)));
+    let b = app.user("bob");
+    let list = app.get("/v1/conversations", &b).await.expect(200);
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let page = messages(&app, &id, &b).await;
+    assert_eq!(
+        seq_texts(&page),
+        [(1, "a1"), (2, "b2"), (3, "b3"), (4, "a3"), (5, "a4")]
     );
 }
 
