@@ -959,3 +959,59 @@ async fn retention_by_conversation(db: Db) {
         "nothing left to look at"
     );
 }
+
+/// SQLite: an import batch's commit leaves the copy of its pages into the database file to a
+/// checkpoint beside the writer, which checkpoints at its own commits again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_import_checkpoints_beside_the_writer() {
+    let url = fresh_database(Db::Sqlite).await;
+    let path = url.trim_start_matches("sqlite://").to_owned();
+    let s = confab::storage::sqlite::SqliteStore::open(
+        &path,
+        std::time::Duration::from_secs(5),
+        confab::config::SqliteSync::Full,
+    )
+    .await
+    .unwrap();
+    let size = || std::fs::metadata(&path).unwrap().len();
+    let before = size();
+    let now = confab::domain::Timestamp::now().0;
+    // About 2.5 MB of pages: fewer than the 1,000 (4 MiB) after which a commit checkpoints.
+    let text = "x".repeat(1_000);
+    let batch = confab::storage::ImportBatch {
+        users: vec![],
+        conversations: vec![confab::storage::ImportConversation {
+            line: 1,
+            external_id: "big".into(),
+            kind: "group".into(),
+            member_ids: vec!["a".into(), "b".into()],
+            name: None,
+            image_url: None,
+            custom: json!({}),
+            tags: vec![],
+            created_at: Some(now - 10_000),
+        }],
+        messages: (0..2_000)
+            .map(|i| confab::storage::ImportMessage {
+                text: Some(text.clone()),
+                ..imported("big", &format!("b{i}"), now - 5_000 + i)
+            })
+            .collect(),
+        grouped: None,
+    };
+    use confab::storage::Store;
+    s.import_batch(&batch).await.unwrap();
+    assert_eq!(s.writer_autocheckpoint().await.unwrap(), 1000);
+    let mut grown = size();
+    for _ in 0..100 {
+        if grown > before + 2_000_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        grown = size();
+    }
+    assert!(
+        grown > before + 2_000_000,
+        "the batch's pages are copied into the database file: {before} -> {grown} bytes"
+    );
+}
