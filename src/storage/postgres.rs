@@ -181,14 +181,6 @@ impl PgStore {
             .map_err(super::db_error)
     }
 
-    /// Nothing here: see the SQLite store's.
-    async fn bulk_write_start(&self) -> super::StoreResult<()> {
-        Ok(())
-    }
-
-    /// Nothing here: see the SQLite store's.
-    async fn bulk_write_done(&self) {}
-
     /// After an import batch's messages: the touched conversations' denormalized fields, and
     /// their members' activity times and (for members who had read everything) read
     /// positions, one statement each over arrays

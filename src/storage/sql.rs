@@ -1195,19 +1195,6 @@ macro_rules! sql_store {
             /// Returns the touched conversations and the committed changes.
             async fn import_messages(
                 &self,
-                groups: Vec<(&str, Vec<&$crate::storage::ImportMessage>)>,
-                probe: bool,
-            ) -> StoreResult<(Vec<String>, Vec<Change>)> {
-                // SQLite: the commit does not copy the batch's pages into the database file as
-                // well (a checkpoint of its own runs beside the next batch instead).
-                self.bulk_write_start().await?;
-                let written = self.import_messages_tx(groups, probe).await;
-                self.bulk_write_done().await;
-                written
-            }
-
-            async fn import_messages_tx(
-                &self,
                 mut groups: Vec<(&str, Vec<&$crate::storage::ImportMessage>)>,
                 probe: bool,
             ) -> StoreResult<(Vec<String>, Vec<Change>)> {

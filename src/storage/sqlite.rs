@@ -18,8 +18,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections for listing, paging and sync.
     reader: SqlitePool,
-    /// One connection that checkpoints the WAL after an import batch, beside the writer.
-    checkpointer: SqlitePool,
     /// Statements sent, for the query-count tests.
     queries: Arc<AtomicU64>,
     /// Set when webhooks are configured: deliveries are written with the changes.
@@ -71,11 +69,7 @@ impl SqliteStore {
             reader: SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(db_timeout)
-                .connect_lazy_with(base.clone().read_only(true)),
-            checkpointer: SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(db_timeout)
-                .connect_lazy_with(base),
+                .connect_lazy_with(base.read_only(true)),
             queries: Arc::default(),
             outbox: Default::default(),
         };
@@ -173,52 +167,6 @@ impl SqliteStore {
         rows: &[(&str, &str, &str, i64)],
     ) -> super::StoreResult<()> {
         self.insert_members(tx, rows).await
-    }
-
-    /// The writer connection's `wal_autocheckpoint` (for the tests).
-    #[doc(hidden)]
-    pub async fn writer_autocheckpoint(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar("pragma wal_autocheckpoint")
-            .fetch_one(&self.writer)
-            .await?)
-    }
-
-    /// Before an import batch's messages: the writer stops checkpointing at its commits. A
-    /// commit past `wal_autocheckpoint` pages (1,000, SQLite's default) copies the WAL into the
-    /// database file and syncs it before it returns: a batch of 100,000 messages committed in
-    /// 0.16-0.45 s with that checkpoint, 0.08-0.26 s without. Undone by
-    /// [`SqliteStore::bulk_write_done`] whatever the batch's outcome.
-    async fn bulk_write_start(&self) -> super::StoreResult<()> {
-        self.queries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        sqlx::query("pragma wal_autocheckpoint = 0")
-            .execute(&self.writer)
-            .await
-            .map_err(super::db_error)?;
-        Ok(())
-    }
-
-    /// After an import batch's messages: the writer checkpoints at its commits again, and the
-    /// batch's pages are checkpointed on a connection of their own (passive: it waits for no
-    /// reader or writer, and the next batch is written meanwhile).
-    async fn bulk_write_done(&self) {
-        self.queries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = sqlx::query("pragma wal_autocheckpoint = 1000")
-            .execute(&self.writer)
-            .await
-        {
-            tracing::warn!(error = %e, "could not turn the writer's WAL checkpoints back on");
-        }
-        let checkpointer = self.checkpointer.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sqlx::query("pragma wal_checkpoint(passive)")
-                .execute(&checkpointer)
-                .await
-            {
-                tracing::warn!(error = %e, "WAL checkpoint after an import batch");
-            }
-        });
     }
 
     /// After an import batch's messages: the touched conversations' denormalized fields, and
