@@ -70,6 +70,14 @@ async fn messages(app: &TestApp, conversation: &str, token: &str) -> serde_json:
         .expect(200)
 }
 
+/// The id of the one conversation `token`'s user is in.
+async fn only_conversation(app: &TestApp, token: &str) -> String {
+    let list = app.get("/v1/conversations", token).await.expect(200);
+    let all = list["conversations"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "{list}");
+    all[0]["id"].as_str().unwrap().to_owned()
+}
+
 /// An import summary's (conversations, messages, errors).
 fn counts(done: &serde_json::Value) -> (Option<i64>, Option<i64>, Option<i64>) {
     (
@@ -500,8 +508,7 @@ async fn import_keeps_every_field_of_a_message(db: Db) {
     let done = app.import_ndjson(lines.clone()).await;
     assert_eq!(counts(done.last().unwrap()), (Some(1), Some(5), Some(0)));
     let b = app.user("bob");
-    let list = app.get("/v1/conversations", &b).await.expect(200);
-    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let id = only_conversation(&app, &b).await;
     let page = messages(&app, &id, &b).await;
     let fields: Vec<serde_json::Value> = page["messages"]
         .as_array()
@@ -634,9 +641,7 @@ async fn import_two_external_ids_of_one_pair(db: Db) {
     let done = app.import_ndjson(lines).await;
     assert_eq!(counts(done.last().unwrap()), (Some(2), Some(5), Some(0)));
     let b = app.user("bob");
-    let list = app.get("/v1/conversations", &b).await.expect(200);
-    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
-    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let id = only_conversation(&app, &b).await;
     let page = messages(&app, &id, &b).await;
     assert_eq!(
         seq_texts(&page),
@@ -667,8 +672,7 @@ async fn import_keeps_the_first_importable_of_a_repeated_external_id(db: Db) {
     assert_eq!(bad, [2]);
     assert_eq!(counts(out.last().unwrap()), (Some(1), Some(3), Some(1)));
     let b = app.user("bob");
-    let list = app.get("/v1/conversations", &b).await.expect(200);
-    let id = list["conversations"][0]["id"].as_str().unwrap().to_owned();
+    let id = only_conversation(&app, &b).await;
     let page = messages(&app, &id, &b).await;
     assert_eq!(seq_texts(&page), [(1, "x"), (2, "first y")]);
 }
