@@ -253,19 +253,19 @@ impl SqliteStore {
                 && r.custom == "{}"
         };
         let sql = |plain: bool, rows: usize| {
-            if plain {
-                format!(
-                    "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
-                     external_id, created_at) values {}",
-                    vec!["(?,?,?,?,'regular',?,?,?)"; rows].join(",")
-                )
+            let (columns, row) = if plain {
+                ("external_id, created_at", "(?,?,?,?,'regular',?,?,?)")
             } else {
-                format!(
-                    "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
-                     encrypted, attachments, custom, external_id, created_at) values {}",
-                    vec!["(?,?,?,?,?,?,?,?,?,?,?)"; rows].join(",")
+                (
+                    "encrypted, attachments, custom, external_id, created_at",
+                    "(?,?,?,?,?,?,?,?,?,?,?)",
                 )
-            }
+            };
+            format!(
+                "insert into messages (message_id, conversation_id, seq, sender_id, kind, text, \
+                 {columns}) values {}",
+                vec![row; rows].join(",")
+            )
         };
         let full = [sql(false, 500), sql(true, 500)];
         // Values repeated from row to row are shared, not copied: every copy is an allocation
