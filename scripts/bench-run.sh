@@ -38,6 +38,6 @@ token=$(CONFAB_DATABASE_URL=$db ./target/release/confab token --server 2>/dev/nu
 ./target/release/confab-bench seed --url "http://127.0.0.1:$port" --token "$token" $seed_args
 ./target/release/confab-bench run --url "http://127.0.0.1:$port" --token "$token" \
   --concurrency "${CONCURRENCY:-1,16,64}" --duration "${DURATION:-5s}" \
-  --scenarios "${SCENARIOS:-send,inbox,page,sync_idle,create_direct,healthz}" \
+  --scenarios "${SCENARIOS:-send,inbox,page,sync_idle,create_direct,healthz,ping}" \
   --database-url "$naive" --sql-database-url "$db" --server-pid $server \
   --json "$out/run-$backend.json" --svg "$out/run-$backend.svg" | tee "$out/run-$backend.txt"

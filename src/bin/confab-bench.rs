@@ -122,10 +122,11 @@ struct RunArgs {
     #[arg(long)]
     database_url: Option<String>,
     /// Comma-separated: send, inbox (also reports inbox_heavy), page (also page_before),
-    /// sync_idle, create_direct, healthz.
+    /// sync_idle, create_direct, healthz (`/readyz`: one statement), ping (`/healthz`: no
+    /// database, no auth: the floor of any request on this machine).
     #[arg(
         long,
-        default_value = "send,inbox,page,sync_idle,create_direct,healthz"
+        default_value = "send,inbox,page,sync_idle,create_direct,healthz,ping"
     )]
     scenarios: String,
     /// Measured time per scenario and concurrency (`500ms`, `10s`, `1m`).
@@ -432,6 +433,7 @@ enum Scenario {
     SyncIdle,
     CreateDirect,
     Healthz,
+    Ping,
 }
 
 impl Scenario {
@@ -445,6 +447,7 @@ impl Scenario {
             Scenario::SyncIdle => "sync_idle",
             Scenario::CreateDirect => "create_direct",
             Scenario::Healthz => "healthz",
+            Scenario::Ping => "ping",
         }
     }
 
@@ -459,8 +462,10 @@ impl Scenario {
             "sync_idle" => vec![Scenario::SyncIdle],
             "create_direct" => vec![Scenario::CreateDirect],
             "healthz" => vec![Scenario::Healthz],
+            "ping" => vec![Scenario::Ping],
             other => bail!(
-                "unknown scenario {other:?} (send, inbox, page, sync_idle, create_direct, healthz)"
+                "unknown scenario {other:?} \
+                 (send, inbox, page, sync_idle, create_direct, healthz, ping)"
             ),
         })
     }
@@ -686,10 +691,15 @@ impl Ctx {
                     .await
                     .map(drop)
             }
-            Scenario::Healthz => {
+            Scenario::Healthz | Scenario::Ping => {
+                let path = if sc == Scenario::Healthz {
+                    "/readyz"
+                } else {
+                    "/healthz"
+                };
                 let res = self
                     .client
-                    .get(self.url("/readyz"))
+                    .get(self.url(path))
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
