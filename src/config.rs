@@ -217,7 +217,7 @@ impl Config {
                 .ok_or_else(|| bad("CONFAB_MAX_BATCH", "must be a number from 1 to 10000"))?,
         };
         let import_batch = match get("CONFAB_IMPORT_BATCH") {
-            None => crate::import::BATCH_RECORDS,
+            None => crate::import::default_batch(&database_url),
             Some(v) => v
                 .parse::<usize>()
                 .ok()
@@ -412,7 +412,9 @@ mod tests {
         assert_eq!(c.db_timeout, Duration::from_secs(5));
         assert_eq!(c.webhook_retry_schedule.len(), 7);
         assert_eq!(c.webhook_retry_schedule[1], Duration::from_secs(300));
-        assert_eq!(c.import_batch, 100_000);
+        assert_eq!(c.import_batch, 200_000, "SQLite's");
+        let pg = with(&[("CONFAB_DATABASE_URL", "postgres://127.0.0.1/x")]).unwrap();
+        assert_eq!(pg.import_batch, 100_000);
         assert_eq!(
             c.rate_limit_per_user,
             Some(RateLimit {

@@ -97,6 +97,7 @@ super::sql::sql_store!(
     json_agg = "json_agg",
     json_array = "json_build_array",
     import_shards = 2,
+    import_tx_messages = usize::MAX,
     placeholder = '$'
 );
 

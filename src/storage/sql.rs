@@ -251,6 +251,7 @@ macro_rules! sql_store {
         json_agg = $json_agg:literal,
         json_array = $json_array:literal,
         import_shards = $shards:literal,
+        import_tx_messages = $tx_messages:expr,
         placeholder = $ph:literal
     ) => {
         use std::collections::HashMap;
@@ -3226,8 +3227,9 @@ macro_rules! sql_store {
                 }
 
                 // The users and conversations are committed first; the messages follow in
-                // `$shards` transactions of disjoint conversations, run at once (on PostgreSQL
-                // each is a backend of its own: one backend's COPY is the import's bottleneck).
+                // `$shards` shards of disjoint conversations, run at once (on PostgreSQL each is
+                // a backend of its own: one backend's COPY is the import's bottleneck), each in
+                // transactions of at most `$tx_messages` messages, one after the other.
                 let changes = self.record(&mut tx, pending).await?;
                 self.commit(tx).await?;
                 Ok($crate::storage::ImportPrepared {
@@ -3288,21 +3290,44 @@ macro_rules! sql_store {
                     load[i] += g.1.len();
                     shards[i].push(g);
                 }
+                // Each shard's conversations in id order, in transactions of at most
+                // `$tx_messages` messages (whole conversations): on SQLite the one writer is
+                // free between them, so a live send waits for one of them, not for the batch.
+                let lanes: Vec<Vec<Vec<(&str, Vec<&$crate::storage::ImportMessage>)>>> = shards
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .map(|mut s| {
+                        s.sort_by(|a, b| a.0.cmp(b.0));
+                        let mut txs = vec![Vec::new()];
+                        let mut n = 0usize;
+                        for g in s {
+                            if n > 0 && n + g.1.len() > $tx_messages {
+                                txs.push(Vec::new());
+                                n = 0;
+                            }
+                            n += g.1.len();
+                            txs.last_mut().expect("one transaction at least").push(g);
+                        }
+                        txs
+                    })
+                    .collect();
                 // Optimistic first: a batch of messages none of which was imported before (a
                 // first import) skips the probe of its external ids, 100,000 index lookups a
-                // batch; the unique index still refuses a repeat, and then the shard runs again
-                // with the probe (a re-import pays one failed statement a shard).
-                let done = futures_util::future::try_join_all(
-                    shards.into_iter().filter(|s| !s.is_empty()).map(|s| async move {
-                        match self.import_messages(s.clone(), false).await {
+                // batch; the unique index still refuses a repeat, and then the transaction runs
+                // again with the probe (a re-import pays one failed statement a transaction).
+                let done = futures_util::future::try_join_all(lanes.into_iter().map(|txs| async move {
+                    let mut done = Vec::with_capacity(txs.len());
+                    for s in txs {
+                        done.push(match self.import_messages(s.clone(), false).await {
                             Err(StoreError::Conflict(_)) => self.import_messages(s, true).await,
                             other => other,
-                        }
-                    }),
-                )
+                        }?);
+                    }
+                    Ok::<_, StoreError>(done)
+                }))
                 .await?;
                 let mut changes = created_changes;
-                for (touched_ids, shard_changes) in done {
+                for (touched_ids, shard_changes) in done.into_iter().flatten() {
                     out.upserted += touched_ids.iter().filter(|id| !created.contains(id.as_str())).count() as u64;
                     changes.extend(shard_changes);
                 }

@@ -94,6 +94,12 @@ impl SqliteStore {
     }
 }
 
+/// At most this many messages in one transaction of an import batch (whole conversations; a
+/// larger batch is several transactions in a row). SQLite has one writer, and a live send waits
+/// for the transaction in progress: about 0.2 s for 25,000 messages on the 2-core machine of
+/// BENCHMARKS.md, against 0.8 s for a whole batch of 100,000 records.
+pub const IMPORT_TX_MESSAGES: usize = 25_000;
+
 super::sql::sql_store!(
     SqliteStore,
     sqlx::Sqlite,
@@ -107,6 +113,7 @@ super::sql::sql_store!(
     json_agg = "json_group_array",
     json_array = "json_array",
     import_shards = 1,
+    import_tx_messages = IMPORT_TX_MESSAGES,
     placeholder = '?'
 );
 

@@ -14,7 +14,8 @@ both!(
     import_keeps_every_field_of_a_message,
     import_many_plain_and_other_messages,
     import_two_external_ids_of_one_pair,
-    import_keeps_the_first_importable_of_a_repeated_external_id
+    import_keeps_the_first_importable_of_a_repeated_external_id,
+    import_batch_larger_than_one_transaction
 );
 
 /// After a large import PostgreSQL's statistics are fresh (its autovacuum may analyze much
@@ -619,6 +620,74 @@ async fn import_many_plain_and_other_messages(db: Db) {
         list["conversations"][0]["last_seq"], n,
         "a re-import writes nothing"
     );
+}
+
+/// A batch with more messages than one transaction takes on SQLite
+/// (`IMPORT_TX_MESSAGES`), interleaved over many conversations: every conversation gets all
+/// its messages in created_at order, counted read, and a re-import writes nothing.
+async fn import_batch_larger_than_one_transaction(db: Db) {
+    let app = spawn_app(db).await;
+    let convs = 40usize;
+    let n = confab::storage::sqlite::IMPORT_TX_MESSAGES + 1_000;
+    let per = n / convs;
+    let lines: Vec<String> = (0..convs)
+        .map(|c| json!({"record": "conversation", "external_id": format!("c{c}"), "type": "group", "member_ids": ["ann", "bob"]}))
+        .chain((0..n).map(|i| {
+            json!({
+                "record": "message", "conversation_external_id": format!("c{}", i % convs),
+                "external_id": format!("m{i}"), "sender_id": "ann", "text": format!("t{i}"),
+                "created_at": format!("2020-01-01T{:02}:{:02}:{:02}.000Z", i / 3600, (i / 60) % 60, i % 60),
+            })
+        }))
+        .map(|l| l.to_string())
+        .collect();
+    let lines = lines.join("\n");
+    let want = (Some(convs as i64), Some(n as i64), Some(0));
+    assert_eq!(
+        counts(app.import_ndjson(lines.clone()).await.last().unwrap()),
+        want
+    );
+    let b = app.user("bob");
+    let check = |list: serde_json::Value| {
+        let all = list["conversations"].as_array().unwrap().clone();
+        assert_eq!(all.len(), convs, "{list}");
+        for c in &all {
+            assert_eq!(c["last_seq"], per, "{c}");
+            assert_eq!(c["unread_count"], 0, "{c}");
+        }
+        all
+    };
+    let all = check(app.get("/v1/conversations?limit=100", &b).await.expect(200));
+    for c in &all {
+        let k: usize = c["external_id"].as_str().unwrap()[1..].parse().unwrap();
+        let id = c["id"].as_str().unwrap();
+        let page = app
+            .get(
+                &format!("/v1/conversations/{id}/messages?limit=5&before_seq=3"),
+                &b,
+            )
+            .await
+            .expect(200);
+        let got: Vec<(i64, String)> = seq_texts(&page)
+            .into_iter()
+            .map(|(s, t)| (s, t.to_owned()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, format!("t{k}")), (2, format!("t{}", k + convs))]
+        );
+        let newest = messages(&app, id, &b).await;
+        let last = newest["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["seq"], per);
+        assert_eq!(last["text"], format!("t{}", (per - 1) * convs + k));
+    }
+    assert_eq!(counts(app.import_ndjson(lines).await.last().unwrap()), want);
+    check(app.get("/v1/conversations?limit=100", &b).await.expect(200));
 }
 
 /// Two external ids of one direct pair in one batch are one conversation; their messages
