@@ -1,5 +1,6 @@
 //! Bulk import: NDJSON records (`user`, `conversation`, `message`), streamed, validated line by
-//! line, written in large batches (one transaction each, bulk statements), idempotent on ids and
+//! line, written in large batches (bulk statements; a batch's users and conversations in one
+//! transaction, its messages in transactions of whole conversations), idempotent on ids and
 //! external ids. A bad line is reported with its number and reason and every good line is
 //! stored. Used by `POST /v1/import`, `confab import FILE` and the Messenger source.
 
@@ -299,10 +300,10 @@ fn start(
             stage.send_replace(Stage::Failed);
             return Err(earlier_failed());
         }
-        let mut written = store.import_write(&batch, prepared).await;
-        match &mut written {
-            Ok(committed) => {
-                bus.publish(std::mem::take(&mut committed.changes));
+        let publish = |changes: Vec<crate::domain::Change>| bus.publish(changes);
+        let written = store.import_write(&batch, prepared, &publish).await;
+        match &written {
+            Ok(_) => {
                 stage.send_replace(Stage::Written);
             }
             Err(_) => {

@@ -537,11 +537,20 @@ pub trait Store: Send + Sync + 'static {
     /// Records when `user` was last seen online.
     async fn set_last_seen(&self, user: &str, at: Timestamp) -> StoreResult<()>;
 
-    /// Writes one import batch in one transaction with bulk statements, idempotent on user ids
-    /// and external ids. Messages get seqs in `created_at` order (see docs/import.md).
+    /// Writes one import batch with bulk statements, idempotent on user ids and external ids:
+    /// its users and conversations in one transaction, then its messages in transactions of
+    /// whole conversations. Messages get seqs in `created_at` order (see docs/import.md). The
+    /// changes of every transaction are in the result.
     async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>> {
         let prepared = self.import_prepare(batch).await?;
-        self.import_write(batch, prepared).await
+        let written = std::sync::Mutex::new(Vec::new());
+        let collect = |c: Vec<Change>| written.lock().expect("import changes").extend(c);
+        let mut committed = self.import_write(batch, prepared, &collect).await?;
+        committed
+            .changes
+            .extend(written.into_inner().expect("import changes"));
+        committed.changes.sort_by_key(|c| c.pos);
+        Ok(committed)
     }
 
     /// The first part of [`Store::import_batch`]: the batch's users and conversations, in a
@@ -549,12 +558,18 @@ pub trait Store: Send + Sync + 'static {
     /// be prepared after that one.
     async fn import_prepare(&self, batch: &ImportBatch) -> StoreResult<ImportPrepared>;
 
-    /// The second part: the batch's messages. Batches are written in their order (so that seq
-    /// follows created_at without renumbering); the next batch may be prepared meanwhile.
+    /// The second part: the batch's messages, in transactions of whole conversations (several
+    /// at once on PostgreSQL, one after the other on SQLite, whose live writes wait for one of
+    /// them). `publish` gets each transaction's changes as soon as it commits (so realtime does
+    /// not wait for the rest of the batch, and a later failure loses nothing committed); the
+    /// result holds the prepared part's changes, if the caller left them there. Batches are
+    /// written in their order (so that seq follows created_at without renumbering); the next
+    /// batch may be prepared meanwhile.
     async fn import_write(
         &self,
         batch: &ImportBatch,
         prepared: ImportPrepared,
+        publish: &(dyn Fn(Vec<Change>) + Send + Sync),
     ) -> StoreResult<Committed<ImportOutcome>>;
 
     /// Creates a running job leased to the caller for `lease_ms`.

@@ -3244,6 +3244,7 @@ macro_rules! sql_store {
                 &self,
                 batch: &ImportBatch,
                 prepared: $crate::storage::ImportPrepared,
+                publish: &(dyn Fn(Vec<Change>) + Send + Sync),
             ) -> StoreResult<Committed<ImportOutcome>> {
                 let $crate::storage::ImportPrepared { outcome: mut out, conversations: convs, created, changes: created_changes } =
                     prepared;
@@ -3316,23 +3317,22 @@ macro_rules! sql_store {
                 // batch; the unique index still refuses a repeat, and then the transaction runs
                 // again with the probe (a re-import pays one failed statement a transaction).
                 let done = futures_util::future::try_join_all(lanes.into_iter().map(|txs| async move {
-                    let mut done = Vec::with_capacity(txs.len());
+                    let mut touched = Vec::with_capacity(txs.len());
                     for s in txs {
-                        done.push(match self.import_messages(s.clone(), false).await {
+                        let (ids, changes) = match self.import_messages(s.clone(), false).await {
                             Err(StoreError::Conflict(_)) => self.import_messages(s, true).await,
                             other => other,
-                        }?);
+                        }?;
+                        publish(changes);
+                        touched.push(ids);
                     }
-                    Ok::<_, StoreError>(done)
+                    Ok::<_, StoreError>(touched)
                 }))
                 .await?;
-                let mut changes = created_changes;
-                for (touched_ids, shard_changes) in done.into_iter().flatten() {
+                for touched_ids in done.into_iter().flatten() {
                     out.upserted += touched_ids.iter().filter(|id| !created.contains(id.as_str())).count() as u64;
-                    changes.extend(shard_changes);
                 }
-                changes.sort_by_key(|c| c.pos);
-                Ok(Committed { value: out, changes })
+                Ok(Committed { value: out, changes: created_changes })
             }
 
             async fn create_job(&self, kind: &str, params: &Value, lease_ms: i64) -> StoreResult<Job> {

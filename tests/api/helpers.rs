@@ -51,6 +51,7 @@ pub fn test_config(database_url: &str) -> Config {
     let mut c = Config::from_lookup(|_| None).expect("defaults are valid");
     c.addr = "127.0.0.1:0".parse().unwrap();
     c.database_url = database_url.to_owned();
+    c.import_batch = confab::import::default_batch(database_url);
     c.jwt_secret = Some(SECRET.into());
     c.rate_limit_per_user = None;
     c.rate_limit_per_ip = None;

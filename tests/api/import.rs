@@ -624,11 +624,16 @@ async fn import_many_plain_and_other_messages(db: Db) {
 
 /// A batch with more messages than one transaction takes on SQLite
 /// (`IMPORT_TX_MESSAGES`), interleaved over many conversations: every conversation gets all
-/// its messages in created_at order, counted read, and a re-import writes nothing.
+/// its messages in created_at order in one transaction (one `conversation.updated` each),
+/// counted read, and a re-import writes nothing.
 async fn import_batch_larger_than_one_transaction(db: Db) {
-    let app = spawn_app(db).await;
     let convs = 40usize;
     let n = confab::storage::sqlite::IMPORT_TX_MESSAGES + 1_000;
+    let url = fresh_database(db).await;
+    let mut config = test_config(&url);
+    // The whole file in one batch.
+    config.import_batch = n + convs;
+    let app = spawn_app_with(db, config).await;
     let per = n / convs;
     let lines: Vec<String> = (0..convs)
         .map(|c| json!({"record": "conversation", "external_id": format!("c{c}"), "type": "group", "member_ids": ["ann", "bob"]}))
@@ -642,12 +647,16 @@ async fn import_batch_larger_than_one_transaction(db: Db) {
         .map(|l| l.to_string())
         .collect();
     let lines = lines.join("\n");
+    let b = app.user("bob");
+    let since = app.get("/v1/sync", &b).await.expect(200)["next_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let want = (Some(convs as i64), Some(n as i64), Some(0));
     assert_eq!(
         counts(app.import_ndjson(lines.clone()).await.last().unwrap()),
         want
     );
-    let b = app.user("bob");
     let check = |list: serde_json::Value| {
         let all = list["conversations"].as_array().unwrap().clone();
         assert_eq!(all.len(), convs, "{list}");
@@ -686,8 +695,32 @@ async fn import_batch_larger_than_one_transaction(db: Db) {
         assert_eq!(last["seq"], per);
         assert_eq!(last["text"], format!("t{}", (per - 1) * convs + k));
     }
+    // One transaction per conversation: its one `conversation.updated` brings all of them.
+    let ev = app
+        .get(&format!("/v1/sync?since={since}&limit=1000"), &b)
+        .await
+        .expect(200);
+    let updated: Vec<&serde_json::Value> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "conversation.updated")
+        .collect();
+    assert_eq!(updated.len(), convs, "{updated:?}");
+    for e in &updated {
+        assert_eq!(e["data"]["imported_messages"], per, "{e}");
+    }
+    assert_eq!(ev["has_more"], false);
     assert_eq!(counts(app.import_ndjson(lines).await.last().unwrap()), want);
     check(app.get("/v1/conversations?limit=100", &b).await.expect(200));
+    let after = app
+        .get(
+            &format!("/v1/sync?since={}", ev["next_token"].as_str().unwrap()),
+            &b,
+        )
+        .await
+        .expect(200);
+    assert_eq!(after["events"], json!([]), "a re-import records no change");
 }
 
 /// Two external ids of one direct pair in one batch are one conversation; their messages
