@@ -30,9 +30,10 @@ pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    /// Key of the tags on opaque values we hand out (cursors, sync tokens), derived from the
-    /// secret so every node and every restart agrees.
-    seal_key: [u8; 32],
+    /// HMAC keyed for the tags on opaque values we hand out (cursors, sync tokens), with a key
+    /// derived from the secret so every node and every restart agrees. Cloned per tag: keying
+    /// costs two SHA-256 blocks, paid once here.
+    seal_mac: hmac::Hmac<sha2::Sha256>,
 }
 
 /// Bytes of HMAC-SHA256 kept as a sealed value's tag.
@@ -44,25 +45,26 @@ impl Keys {
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp"]);
-        let seal_key = {
+        let seal_mac = {
             use hmac::Mac;
             let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
                 .expect("HMAC takes any key length");
             mac.update(b"confab opaque values");
-            mac.finalize().into_bytes().into()
+            let seal_key: [u8; 32] = mac.finalize().into_bytes().into();
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&seal_key)
+                .expect("HMAC takes any key length")
         };
         Keys {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
-            seal_key,
+            seal_mac,
         }
     }
 
     fn tag(&self, kind: &str, payload: &[u8]) -> hmac::Hmac<sha2::Sha256> {
         use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.seal_key)
-            .expect("HMAC takes any key length");
+        let mut mac = self.seal_mac.clone();
         mac.update(kind.as_bytes());
         mac.update(&[0]);
         mac.update(payload);

@@ -2789,23 +2789,19 @@ macro_rules! sql_store {
 
             async fn positions(&self) -> StoreResult<(i64, i64)> {
                 self.tick(1);
-                let rows = sqlx::query(
-                    "select name, value from counters where name in ('changes', 'changes_floor')",
+                // Two lookups by key in one row: an `in` list of the two names costs SQLite an
+                // ephemeral index per execution (6.0 against 4.2 µs), and this is the whole of
+                // an idle sync's database work.
+                let r = sqlx::query(
+                    "select (select value from counters where name = 'changes_floor'), \
+                     (select value from counters where name = 'changes')",
                 )
-                .fetch_all(&self.reader)
+                .fetch_one(&self.reader)
                 .await
                 .map_err(db_error)?;
-                let (mut floor, mut head) = (0, 0);
-                for r in rows {
-                    let name: String = r.try_get(0).map_err(db_error)?;
-                    let value: i64 = r.try_get(1).map_err(db_error)?;
-                    if name == "changes" {
-                        head = value;
-                    } else {
-                        floor = value;
-                    }
-                }
-                Ok((floor, head))
+                let floor: Option<i64> = r.try_get(0).map_err(db_error)?;
+                let head: Option<i64> = r.try_get(1).map_err(db_error)?;
+                Ok((floor.unwrap_or(0), head.unwrap_or(0)))
             }
 
             fn enable_outbox(&self, outbox: std::sync::Arc<dyn Outbox>) {
