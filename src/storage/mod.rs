@@ -375,8 +375,9 @@ pub struct Job {
     pub updated_at: Timestamp,
 }
 
-/// The storage contract. Every method is one transaction at most; every mutation records its
-/// changes in the same transaction and returns them.
+/// The storage contract. Every method is one transaction at most (but the imports, whose
+/// transactions are described at each); every mutation records its changes in the same
+/// transaction and returns them.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend this is.

@@ -3056,7 +3056,7 @@ macro_rules! sql_store {
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }
                 out.users = batch.users.len() as u64;
-                // A batch's 100,000 messages name a few thousand senders: those are copied and
+                // A batch's 100,000-200,000 messages name a few thousand senders: those are copied and
                 // sorted (by ensure_users), not every mention.
                 let referenced: Vec<String> = batch
                     .conversations
@@ -3308,10 +3308,10 @@ macro_rules! sql_store {
                         txs
                     })
                     .collect();
-                // Optimistic first: a batch of messages none of which was imported before (a
-                // first import) skips the probe of its external ids, 100,000 index lookups a
-                // batch; the unique index still refuses a repeat, and then the transaction runs
-                // again with the probe (a re-import pays one failed statement a transaction).
+                // Optimistic first: messages none of which was imported before (a first import)
+                // skip the probe of their external ids, one index lookup a message; the unique
+                // index still refuses a repeat, and then the transaction runs again with the
+                // probe (a re-import pays one failed statement a transaction).
                 let done = futures_util::future::try_join_all(lanes.into_iter().map(|txs| async move {
                     let mut touched = Vec::with_capacity(txs.len());
                     for s in txs {

@@ -94,10 +94,11 @@ impl SqliteStore {
     }
 }
 
-/// At most this many messages in one transaction of an import batch (whole conversations; a
+/// At most this many messages in one transaction of an import batch (whole conversations, so a
+/// conversation with more messages than this in one batch is a transaction of its own; a
 /// larger batch is several transactions in a row). SQLite has one writer, and a live send waits
-/// for the transaction in progress: about 0.2 s for 25,000 messages on the 2-core machine of
-/// BENCHMARKS.md, against 0.8 s for a whole batch of 100,000 records.
+/// for the transaction in progress: at most 259 ms measured during an import on the 2-core
+/// machine of BENCHMARKS.md, against 914 ms when a batch of 100,000 records was one.
 pub const IMPORT_TX_MESSAGES: usize = 25_000;
 
 super::sql::sql_store!(
