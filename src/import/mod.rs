@@ -30,6 +30,13 @@ pub const BATCH_RECORDS: usize = 100_000;
 /// writes wait for less than before.
 pub const BATCH_RECORDS_SQLITE: usize = 200_000;
 
+/// How many records a user or conversation record counts as toward a batch's size on SQLite.
+/// A batch's users and conversations are one transaction of its one writer (about 40 µs a
+/// conversation: 4 s for 100,000), so they stay at most half of a batch, 100,000 with the
+/// default: as long as before the default was 200,000. Messages are cut into transactions of
+/// their own (`IMPORT_TX_MESSAGES`).
+const SQLITE_PREPARED_RECORD_WEIGHT: usize = 2;
+
 /// The default batch size for a database URL.
 pub fn default_batch(database_url: &str) -> usize {
     if database_url.starts_with("sqlite:") {
@@ -99,7 +106,12 @@ where
     let mut report = capped(report);
     let mut counts = Counts::default();
     let mut batch = ImportBatch::default();
+    // How much of `batch_records` the batch has used.
     let mut pending = 0usize;
+    let prepared_weight = match store.backend() {
+        crate::storage::Backend::Sqlite => SQLITE_PREPARED_RECORD_WEIGHT,
+        crate::storage::Backend::Postgres => 1,
+    };
     let mut lines = LineSplitter::default();
     let mut body = body;
     // Batches in flight, oldest first, at most two, while the next one is parsed: parsing (this
@@ -142,8 +154,11 @@ where
                 Ok(text) if text.iter().all(u8::is_ascii_whitespace) => {}
                 Ok(text) => match parse_record(n, &text) {
                     Ok(rec) => {
+                        pending += match rec {
+                            Record::Message(_) => 1,
+                            _ => prepared_weight,
+                        };
                         rec.add_to(&mut batch);
-                        pending += 1;
                     }
                     Err(inv) => {
                         counts.errors += 1;

@@ -15,7 +15,8 @@ both!(
     import_many_plain_and_other_messages,
     import_two_external_ids_of_one_pair,
     import_keeps_the_first_importable_of_a_repeated_external_id,
-    import_batch_larger_than_one_transaction
+    import_batch_larger_than_one_transaction,
+    import_batch_counts_conversations_double_on_sqlite
 );
 
 /// After a large import PostgreSQL's statistics are fresh (its autovacuum may analyze much
@@ -631,8 +632,8 @@ async fn import_batch_larger_than_one_transaction(db: Db) {
     let n = confab::storage::sqlite::IMPORT_TX_MESSAGES + 1_000;
     let url = fresh_database(db).await;
     let mut config = test_config(&url);
-    // The whole file in one batch.
-    config.import_batch = n + convs;
+    // The whole file in one batch (on SQLite a conversation record counts as two).
+    config.import_batch = n + 2 * convs;
     let app = spawn_app_with(db, config).await;
     let per = n / convs;
     let lines: Vec<String> = (0..convs)
@@ -721,6 +722,26 @@ async fn import_batch_larger_than_one_transaction(db: Db) {
         .await
         .expect(200);
     assert_eq!(after["events"], json!([]), "a re-import records no change");
+}
+
+/// On SQLite a batch's users and conversations are one transaction of the one writer, so a
+/// user or conversation record counts as two toward the batch size: four conversations and
+/// four messages in batches of four are three batches there (two of conversations, one of
+/// messages), two on PostgreSQL.
+async fn import_batch_counts_conversations_double_on_sqlite(db: Db) {
+    let mut config = test_config(&fresh_database(db).await);
+    config.import_batch = 4;
+    let app = spawn_app_with(db, config).await;
+    let lines: Vec<String> = (0..4)
+        .map(|c| json!({"record": "conversation", "external_id": format!("c{c}"), "type": "group", "member_ids": ["ann", "bob"]}))
+        .chain((0..4).map(|c| json!({"record": "message", "conversation_external_id": format!("c{c}"), "external_id": format!("m{c}"), "sender_id": "ann", "text": "hi", "created_at": "2020-01-01T10:00:00.000Z"})))
+        .map(|l| l.to_string())
+        .collect();
+    let out = app.import_ndjson(lines.join("\n")).await;
+    assert_eq!(counts(out.last().unwrap()), (Some(4), Some(4), Some(0)));
+    let batches = out.iter().filter(|l| l.get("progress").is_some()).count();
+    let want = if db == Db::Sqlite { 3 } else { 2 };
+    assert_eq!(batches, want, "{out:?}");
 }
 
 /// Two external ids of one direct pair in one batch are one conversation; their messages
