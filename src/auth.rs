@@ -163,6 +163,29 @@ pub fn generate_secret() -> String {
 mod tests {
     use super::*;
 
+    /// The keyed HMAC cloned per tag gives the tags of one keyed per tag with the derived key
+    /// (tokens and cursors handed out before still open).
+    #[test]
+    fn tags_are_those_of_the_derived_key() {
+        use base64::Engine;
+        use hmac::Mac;
+        let secret = "a-secret-of-some-length";
+        let keys = Keys::new(secret);
+        let mut derive = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        derive.update(b"confab opaque values");
+        let derived = derive.finalize().into_bytes();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
+        mac.update(b"sync\0db:42");
+        let tag = mac.finalize().into_bytes();
+        let mut raw = b"db:42".to_vec();
+        raw.extend_from_slice(&tag[..TAG_LEN]);
+        let want = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(keys.seal("sync", "db:42"), want);
+        assert_eq!(keys.open("sync", &want).as_deref(), Some("db:42"));
+        assert_eq!(keys.seal("sync", "db:42"), keys.seal("sync", "db:42"));
+        assert_eq!(keys.open("cursor", &want), None, "another kind");
+    }
+
     #[test]
     fn sealed_values_cannot_be_forged() {
         use base64::Engine;

@@ -25,8 +25,8 @@ pub struct Config {
     /// Largest number of writes committed in one transaction by the write path.
     pub max_batch: usize,
     /// Records of an import written per batch (`CONFAB_IMPORT_BATCH`, an extension): memory
-    /// against per-batch overhead. Default 200,000 on SQLite, 100,000 on PostgreSQL
-    /// (`crate::import::default_batch`).
+    /// against per-batch overhead. Default 200,000 on SQLite (where a user or conversation
+    /// record counts as two), 100,000 on PostgreSQL (`crate::import::default_batch`).
     pub import_batch: usize,
     /// Tasks committing write batches (`CONFAB_WRITE_WORKERS`, an extension); `None`: 1 on
     /// SQLite (one writer), 2 on PostgreSQL (one batch runs while the previous commits).

@@ -32,9 +32,11 @@ pub const BATCH_RECORDS_SQLITE: usize = 200_000;
 
 /// How many records a user or conversation record counts as toward a batch's size on SQLite.
 /// A batch's users and conversations are one transaction of its one writer (about 40 µs a
-/// conversation: 4 s for 100,000), so they stay at most half of a batch, 100,000 with the
-/// default: as long as before the default was 200,000. Messages are cut into transactions of
-/// their own (`IMPORT_TX_MESSAGES`).
+/// direct conversation: 4 s for 100,000, BENCHMARKS.md, Import), so they stay at most half of
+/// a batch, 100,000 records with the default: as long as before the default was 200,000. That
+/// bounds records, not cost: conversations with many members, and the users and conversations
+/// that messages name, make it longer. Messages are cut into transactions of their own
+/// (`IMPORT_TX_MESSAGES`).
 const SQLITE_PREPARED_RECORD_WEIGHT: usize = 2;
 
 /// The default batch size for a database URL.
@@ -317,9 +319,11 @@ fn start(
             return Err(earlier_failed());
         }
         let publish = |changes: Vec<crate::domain::Change>| bus.publish(changes);
-        let written = store.import_write(&batch, prepared, &publish).await;
-        match &written {
-            Ok(_) => {
+        let mut written = store.import_write(&batch, prepared, &publish).await;
+        match &mut written {
+            Ok(committed) => {
+                // Empty (the prepared part's were published above); whatever is there, once.
+                bus.publish(std::mem::take(&mut committed.changes));
                 stage.send_replace(Stage::Written);
             }
             Err(_) => {

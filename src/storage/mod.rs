@@ -541,7 +541,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one import batch with bulk statements, idempotent on user ids and external ids:
     /// its users and conversations in one transaction, then its messages in transactions of
     /// whole conversations. Messages get seqs in `created_at` order (see docs/import.md). The
-    /// changes of every transaction are in the result.
+    /// changes of every transaction are in the result; on an error, those of the transactions
+    /// that committed are not returned (the import paths call the two parts themselves and
+    /// publish as each commits).
     async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>> {
         let prepared = self.import_prepare(batch).await?;
         let written = std::sync::Mutex::new(Vec::new());

@@ -3311,8 +3311,10 @@ macro_rules! sql_store {
                 // Optimistic first: messages none of which was imported before (a first import)
                 // skip the probe of their external ids, one index lookup a message; the unique
                 // index still refuses a repeat, and then the transaction runs again with the
-                // probe (a re-import pays one failed statement a transaction).
-                let done = futures_util::future::try_join_all(lanes.into_iter().map(|txs| async move {
+                // probe (a re-import pays one failed statement a transaction). Every lane runs
+                // to its end or its own failure, so a transaction that commits beside a failing
+                // one is published (dropping its future could lose a commit already made).
+                let done = futures_util::future::join_all(lanes.into_iter().map(|txs| async move {
                     let mut touched = Vec::with_capacity(txs.len());
                     for s in txs {
                         let (ids, changes) = match self.import_messages(s.clone(), false).await {
@@ -3324,7 +3326,9 @@ macro_rules! sql_store {
                     }
                     Ok::<_, StoreError>(touched)
                 }))
-                .await?;
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
                 for touched_ids in done.into_iter().flatten() {
                     out.upserted += touched_ids.iter().filter(|id| !created.contains(id.as_str())).count() as u64;
                 }
