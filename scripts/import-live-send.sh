@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How long a live send waits while an import runs on SQLite (one writer): starts a fresh
-# `confab serve`, seeds it as scripts/bench-run.sh does, then streams the million-message file
+# `confab serve`, seeds it as scripts/bench-run.sh does (with 100 conversations for the heavy
+# user, which this does not use), then streams the million-message file
 # to POST /v1/import and, at the same time, runs the `send` scenario with one sender (one
 # request at a time) for 6 s. Prints the import's summary and the sends' latencies.
 #
@@ -19,8 +20,10 @@ CONFAB_DATABASE_URL=$db CONFAB_ADDR=127.0.0.1:$port RUST_LOG=warn \
   CONFAB_RATE_LIMIT_PER_USER=0 CONFAB_RATE_LIMIT_PER_IP=0 \
   ./target/release/confab serve >/tmp/confab-live-server.log 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+import=
+trap 'kill $server $import 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "the server did not start" >&2; exit 1; }
 token=$(CONFAB_DATABASE_URL=$db ./target/release/confab token --server 2>/dev/null)
 ./target/release/confab-bench seed --url "http://127.0.0.1:$port" --token "$token" \
   --users 2000 --conversations 5000 --messages 100000 --heavy-user-conversations 100 >/dev/null

@@ -24,7 +24,7 @@ use crate::write_path::ChangeBus;
 pub const BATCH_RECORDS: usize = 100_000;
 /// Records per batch by default on SQLite: each conversation a batch touches costs its update,
 /// its members' and its change once per batch, and a file in time order touches nearly all of
-/// them in every batch; with 200,000 the import measured 6-7% faster than with 100,000 in one
+/// them in every batch; with 200,000 the import measured 5-8% faster than with 100,000 in one
 /// transaction (BENCHMARKS.md, Import), and peak memory ~130 MB higher. A batch's messages are
 /// written in transactions of at most [`crate::storage::sqlite::IMPORT_TX_MESSAGES`], so live
 /// writes wait for less than before.
