@@ -336,13 +336,8 @@ async fn pages(
             read,
             next: next.clone(),
             task: tokio::spawn(async move {
-                // Each transaction's changes as it commits, as `POST /v1/import` publishes.
-                let mut prepared = store.import_prepare(&batch).await?;
-                bus.publish(std::mem::take(&mut prepared.changes));
                 let publish = |changes: Vec<crate::domain::Change>| bus.publish(changes);
-                let committed = store.import_write(&batch, prepared, &publish).await?;
-                bus.publish(committed.changes);
-                Ok(committed.value.upserted)
+                Ok(store.import_batch(&batch, &publish).await?.upserted)
             }),
         });
         if next.is_none() {

@@ -540,20 +540,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes one import batch with bulk statements, idempotent on user ids and external ids:
     /// its users and conversations in one transaction, then its messages in transactions of
-    /// whole conversations. Messages get seqs in `created_at` order (see docs/import.md). The
-    /// changes of every transaction are in the result; on an error, those of the transactions
-    /// that committed are not returned (the import paths call the two parts themselves and
-    /// publish as each commits).
-    async fn import_batch(&self, batch: &ImportBatch) -> StoreResult<Committed<ImportOutcome>> {
-        let prepared = self.import_prepare(batch).await?;
-        let written = std::sync::Mutex::new(Vec::new());
-        let collect = |c: Vec<Change>| written.lock().expect("import changes").extend(c);
-        let mut committed = self.import_write(batch, prepared, &collect).await?;
-        committed
-            .changes
-            .extend(written.into_inner().expect("import changes"));
-        committed.changes.sort_by_key(|c| c.pos);
-        Ok(committed)
+    /// whole conversations. Messages get seqs in `created_at` order (see docs/import.md).
+    /// `publish` gets each transaction's changes as soon as it commits, so a failure later in
+    /// the batch loses none of them. (`POST /v1/import` calls the two parts itself, to overlap
+    /// batches.)
+    async fn import_batch(
+        &self,
+        batch: &ImportBatch,
+        publish: &(dyn Fn(Vec<Change>) + Send + Sync),
+    ) -> StoreResult<ImportOutcome> {
+        let mut prepared = self.import_prepare(batch).await?;
+        publish(std::mem::take(&mut prepared.changes));
+        let committed = self.import_write(batch, prepared, publish).await?;
+        publish(committed.changes);
+        Ok(committed.value)
     }
 
     /// The first part of [`Store::import_batch`]: the batch's users and conversations, in a

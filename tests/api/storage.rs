@@ -876,7 +876,7 @@ async fn retention_by_conversation(db: Db) {
         ],
         grouped: None,
     };
-    s.import_batch(&batch).await.unwrap();
+    s.import_batch(&batch, &drop).await.unwrap();
     let live = group_of_two_messages(&s).await;
     let listed = first_ten(&s, "a").await;
     let id_of = |ext: &str| {
@@ -938,7 +938,7 @@ async fn retention_by_conversation(db: Db) {
         messages: vec![imported("mixed", "m0", now - 5 * day)],
         grouped: None,
     };
-    s.import_batch(&older).await.unwrap();
+    s.import_batch(&older, &drop).await.unwrap();
     let only_texts = |page: Vec<confab::domain::Message>| -> Vec<Option<String>> {
         page.into_iter().map(|m| m.text).collect()
     };
