@@ -1035,9 +1035,12 @@ impl WorkerOp for SqlOp {
 
 async fn raw_pool(url: &str, size: u32) -> anyhow::Result<RawDb> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        // No ping before each transaction (sqlx's default), as in the server's pools: the
+        // ceiling is the database's, not a client's extra round trip.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(size)
             .min_connections(size)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
@@ -1058,6 +1061,7 @@ async fn raw_pool(url: &str, size: u32) -> anyhow::Result<RawDb> {
             .busy_timeout(Duration::from_secs(30));
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(size)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts)
             .await

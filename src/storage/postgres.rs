@@ -9,6 +9,9 @@ use std::time::Duration;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 pub struct PgStore {
     /// The pool writes go through (the same pool as `reader`: PostgreSQL needs no split).
     writer: PgPool,
@@ -36,6 +39,18 @@ impl PgStore {
             .max_connections(pool_size)
             .idle_timeout(Duration::from_secs(60))
             .acquire_timeout(db_timeout)
+            // sqlx pings every connection it hands out by default: a round trip to the backend
+            // before each request's statement. A connection in use moments ago is alive; one
+            // that sat idle for a while is pinged (and replaced if the server went away).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         // Tried in a transaction that is rolled back: a refusal is the answer, not an error.

@@ -52,9 +52,12 @@ impl SqliteStore {
             // whole bulk statements.
             .log_statements(tracing::log::LevelFilter::Off)
             .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
+        // No ping before each acquire (sqlx's default): for SQLite it is a round trip to the
+        // connection's thread that cannot find anything wrong with an open file.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(db_timeout)
             // The writer's page cache holds the hot index pages of a bulk import (the
             // `(conversation_id, seq)` index takes inserts at every conversation's end).
@@ -68,6 +71,7 @@ impl SqliteStore {
             writer,
             reader: SqlitePoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .acquire_timeout(db_timeout)
                 .connect_lazy_with(base.read_only(true)),
             queries: Arc::default(),

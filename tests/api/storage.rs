@@ -959,3 +959,35 @@ async fn retention_by_conversation(db: Db) {
         "nothing left to look at"
     );
 }
+
+/// The pool does not ping a connection before each use (sqlx's default, a round trip to the
+/// backend per request), but does ping one that sat idle for a second: connections PostgreSQL
+/// dropped while they were idle (a restart, an idle-session timeout, an administrator) are
+/// replaced without an error reaching the caller.
+#[tokio::test]
+async fn postgres_connections_dropped_while_idle_are_replaced() {
+    use sqlx::Connection;
+    let url = fresh_database(Db::Postgres).await;
+    let s = open_at(&url).await;
+    let reads = || futures_util::future::join_all((0..8).map(|_| s.last_position()));
+    for r in reads().await {
+        r.unwrap();
+    }
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = sqlx::PgConnection::connect(&crate::helpers::pg_admin_url())
+        .await
+        .unwrap();
+    let terminated: i64 = sqlx::query_scalar(
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = $1 and pid <> pg_backend_pid()) t",
+    )
+    .bind(&name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(terminated >= 1, "the pool's connections were terminated");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    for r in reads().await {
+        r.expect("a connection dropped while idle is replaced, not handed out");
+    }
+}
