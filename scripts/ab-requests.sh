@@ -47,12 +47,13 @@ for _ in $(seq "$rounds"); do
     token=$(CONFAB_DATABASE_URL=$db "$bin" token --server 2>/dev/null)
     for sc in ${scenarios//,/ }; do
       $bench run --url "http://127.0.0.1:$port" --token "$token" --concurrency "$conc" \
-        --duration 1s --scenarios "$sc" >/dev/null 2>&1
+        --duration 1s --scenarios "$sc" >/dev/null 2>&1 || true
       perf stat -x, -e context-switches,task-clock -p "$pid" -o /tmp/confab-ab.perf -- sleep 6 &
       perfpid=$!
       ops=$($bench run --url "http://127.0.0.1:$port" --token "$token" --concurrency "$conc" \
-        --duration 5s --scenarios "$sc" 2>&1 | awk -v s="$sc" '$1 == s && $2 ~ /^[0-9]+$/ {print $3; exit}')
-      wait $perfpid
+        --duration 5s --scenarios "$sc" 2>&1 | awk -v s="$sc" '$1 == s && $2 ~ /^[0-9]+$/ {print $3; exit}') || true
+      wait $perfpid || true
+      if [ -z "$ops" ]; then echo "$v $sc: no result (see /tmp/confab-ab.log)"; continue; fi
       csw=$(awk -F, '$3 == "context-switches" {print $1}' /tmp/confab-ab.perf)
       ms=$(awk -F, '$3 == "task-clock" {print $1}' /tmp/confab-ab.perf)
       n=$(echo "$ops * 5" | bc)
