@@ -700,7 +700,23 @@ async fn open_checked(
 
 /// Maps a sqlx error to a store error: connection trouble is `Unavailable`, a named unique
 /// constraint is `Conflict`, anything else `Other`.
+/// Whether `e` says the connection it ran on is gone (closed by the server, reset), rather than
+/// that the database refused or did not answer the statement: PostgreSQL's admin shutdown and
+/// crash codes (57P01-57P03), a connection exception (08), or an I/O error on the socket.
+pub(crate) fn connection_died(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+    if matches!(e, sqlx::Error::WorkerCrashed) {
+        sqlite::WORKER_CRASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match &e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed

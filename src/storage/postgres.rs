@@ -27,6 +27,16 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// A connection for reading (the one pool; `SqliteStore::read` has the same shape).
+    async fn read(
+        &self,
+    ) -> crate::storage::StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.reader
+            .acquire()
+            .await
+            .map_err(crate::storage::db_error)
+    }
+
     pub async fn open(url: &str, db_timeout: Duration, pool_size: u32) -> anyhow::Result<Self> {
         // A statement slower than CONFAB_DB_TIMEOUT is cancelled and answered 503.
         let timeout_ms = db_timeout.as_millis().to_string();

@@ -1512,7 +1512,8 @@ macro_rules! sql_store {
                     q = q.bind(*id);
                 }
                 let mut out = HashMap::new();
-                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                let read_rows = q.fetch_all(&mut *self.read().await?).await.map_err(db_error)?;
+                for r in read_rows {
                     out.insert(
                         r.try_get::<String, _>(0).map_err(db_error)?,
                         r.try_get::<i64, _>(1).map_err(db_error)?,
@@ -1601,12 +1602,22 @@ macro_rules! sql_store {
             }
 
             async fn ping(&self) -> StoreResult<()> {
-                self.tick(1);
-                sqlx::query("select 1")
-                    .execute(&self.reader)
-                    .await
-                    .map_err(db_error)?;
-                Ok(())
+                // Pooled connections are not tested before use unless idle for a second, so
+                // after a PostgreSQL restart each busy one fails once (and is closed): another
+                // try on a connection that died tells that from a database that did not answer.
+                let mut tries = 0;
+                loop {
+                    self.tick(1);
+                    let done = match self.read().await {
+                        Ok(mut conn) => sqlx::query("select 1").execute(&mut *conn).await.map(drop),
+                        Err(e) => return Err(e),
+                    };
+                    match done {
+                        Ok(()) => return Ok(()),
+                        Err(e) if tries < 8 && $crate::storage::connection_died(&e) => tries += 1,
+                        Err(e) => return Err(db_error(e)),
+                    }
+                }
             }
 
             async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
@@ -1682,7 +1693,8 @@ macro_rules! sql_store {
                     for id in chunk {
                         q = q.bind(id);
                     }
-                    for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                    let read_rows = q.fetch_all(&mut *self.read().await?).await.map_err(db_error)?;
+                    for r in read_rows {
                         let u = user_from(&r, "").map_err(db_error)?;
                         found.insert(u.id.clone(), u);
                     }
@@ -1700,7 +1712,7 @@ macro_rules! sql_store {
                 let row: Option<Option<i64>> =
                     sqlx::query_scalar("select deactivated_at from users where user_id = $1")
                         .bind(id)
-                        .fetch_optional(&self.reader)
+                        .fetch_optional(&mut *self.read().await?)
                         .await
                         .map_err(db_error)?;
                 Ok(row.map(|d| match d {
@@ -1763,7 +1775,8 @@ macro_rules! sql_store {
                     q = q.bind(id);
                 }
                 let mut rows: HashMap<String, Listed> = HashMap::new();
-                for r in q.fetch_all(&self.reader).await.map_err(db_error)? {
+                let read_rows = q.fetch_all(&mut *self.read().await?).await.map_err(db_error)?;
+                for r in read_rows {
                     let c = listed_from(&r).map_err(db_error)?;
                     rows.insert(c.row.id.clone(), c);
                 }
@@ -1867,7 +1880,7 @@ macro_rules! sql_store {
                 }
                 self.tick(1);
                 let fetched = bind_all(sqlx::query(AssertSqlSafe(sql)), &args)
-                    .fetch_all(&self.reader)
+                    .fetch_all(&mut *self.read().await?)
                     .await
                     .map_err(db_error)?;
                 let mut rows = fetched
@@ -1889,7 +1902,7 @@ macro_rules! sql_store {
                          on c.conversation_id = mb.conversation_id where {total_where}"
                     );
                     let n: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), &total_args)
-                        .fetch_one(&self.reader)
+                        .fetch_one(&mut *self.read().await?)
                         .await
                         .map_err(db_error)?
                         .try_get(0)
@@ -2613,7 +2626,7 @@ macro_rules! sql_store {
                 if !cond.is_empty() {
                     q = q.bind(seq);
                 }
-                let rows = q.fetch_all(&self.reader).await.map_err(db_error)?;
+                let rows = q.fetch_all(&mut *self.read().await?).await.map_err(db_error)?;
                 if rows.is_empty() {
                     return Err(StoreError::NotFound);
                 }
@@ -2747,7 +2760,7 @@ macro_rules! sql_store {
                 .bind(after)
                 .bind(limit as i64)
                 .bind(upto)
-                .fetch_all(&self.reader)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(db_error)?;
                 rows.iter().map(change_from).collect::<Result<_, _>>().map_err(db_error)
@@ -2757,7 +2770,7 @@ macro_rules! sql_store {
                 self.tick(1);
                 sqlx::query_scalar("select conversation_id from members where user_id = $1")
                     .bind(user)
-                    .fetch_all(&self.reader)
+                    .fetch_all(&mut *self.read().await?)
                     .await
                     .map_err(db_error)
             }
@@ -2771,7 +2784,7 @@ macro_rules! sql_store {
                      where mb.user_id = $1",
                 )
                 .bind(user)
-                .fetch_all(&self.reader)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(db_error)
             }
@@ -2796,7 +2809,7 @@ macro_rules! sql_store {
                     "select (select value from counters where name = 'changes_floor'), \
                      (select value from counters where name = 'changes')",
                 )
-                .fetch_one(&self.reader)
+                .fetch_one(&mut *self.read().await?)
                 .await
                 .map_err(db_error)?;
                 let floor: Option<i64> = r.try_get(0).map_err(db_error)?;
@@ -2876,7 +2889,7 @@ macro_rules! sql_store {
                     .bind(status.unwrap_or(""))
                     .bind(after)
                     .bind(limit as i64)
-                    .fetch_all(&self.reader)
+                    .fetch_all(&mut *self.read().await?)
                     .await
                     .map_err(db_error)?;
                 rows.iter().map(delivery_from).collect::<Result<_, _>>().map_err(db_error)
@@ -2903,7 +2916,7 @@ macro_rules! sql_store {
                             "select attempts from webhook_deliveries where delivery_id = $1",
                         )
                         .bind(id)
-                        .fetch_optional(&self.reader)
+                        .fetch_optional(&mut *self.read().await?)
                         .await
                         .map_err(db_error)?;
                         Err(match exists {
@@ -2917,7 +2930,7 @@ macro_rules! sql_store {
             async fn delivery_counts(&self) -> StoreResult<Vec<(String, i64)>> {
                 self.tick(1);
                 let rows = sqlx::query("select status, count(*) from webhook_deliveries group by status")
-                    .fetch_all(&self.reader)
+                    .fetch_all(&mut *self.read().await?)
                     .await
                     .map_err(db_error)?;
                 rows.iter()
@@ -3359,7 +3372,7 @@ macro_rules! sql_store {
                 let sql = format!("select {JOB_COLS} from jobs where job_id = $1");
                 let row = sqlx::query(AssertSqlSafe(sql))
                     .bind(id)
-                    .fetch_optional(&self.reader)
+                    .fetch_optional(&mut *self.read().await?)
                     .await
                     .map_err(db_error)?
                     .ok_or(StoreError::NotFound)?;
@@ -3423,7 +3436,7 @@ macro_rules! sql_store {
                 )
                 .bind(after)
                 .bind(upto)
-                .fetch_all(&self.reader)
+                .fetch_all(&mut *self.read().await?)
                 .await
                 .map_err(db_error)?;
                 rows.iter().map(change_from).collect::<Result<_, _>>().map_err(db_error)
@@ -3432,7 +3445,7 @@ macro_rules! sql_store {
             async fn last_position(&self) -> StoreResult<i64> {
                 self.tick(1);
                 sqlx::query_scalar("select value from counters where name = 'changes'")
-                    .fetch_one(&self.reader)
+                    .fetch_one(&mut *self.read().await?)
                     .await
                     .map_err(db_error)
             }

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 pub struct SqliteStore {
     /// The only connection that writes; `begin immediate` takes the file's write lock.
     writer: SqlitePool,
     /// Read-only connections for listing, paging and sync.
-    reader: SqlitePool,
+    reader: Readers,
     /// Statements sent, for the query-count tests.
     queries: Arc<AtomicU64>,
     /// Set when webhooks are configured: deliveries are written with the changes.
@@ -69,11 +70,7 @@ impl SqliteStore {
             .await?;
         let store = SqliteStore {
             writer,
-            reader: SqlitePoolOptions::new()
-                .max_connections(4)
-                .test_before_acquire(false)
-                .acquire_timeout(db_timeout)
-                .connect_lazy_with(base.read_only(true)),
+            reader: Readers::new(base.read_only(true), 4, db_timeout),
             queries: Arc::default(),
             outbox: Default::default(),
         };
@@ -82,7 +79,119 @@ impl SqliteStore {
     }
 }
 
+/// Counts statements that found their SQLite connection's thread gone (`WorkerCrashed`, see
+/// `db_error`): when it moved, `Readers` drops its idle connections and opens new ones as
+/// needed, since it does not test a connection when it comes back.
+pub(crate) static WORKER_CRASHES: AtomicU64 = AtomicU64::new(0);
+
+/// The read-only connections, opened as needed up to `max`. sqlx's pool sends every connection
+/// that comes back to it a ping, a round trip to the connection's thread (no option turns it
+/// off); SQLite reads are small enough that this round trip is a large part of one. Here a
+/// connection goes back to the idle list as its guard drops. A read cancelled midway needs no
+/// cleanup: the connection's thread runs its commands in order, and a read outside a
+/// transaction leaves nothing open.
+pub struct Readers {
+    options: SqliteConnectOptions,
+    idle: std::sync::Mutex<Vec<SqliteConnection>>,
+    permits: tokio::sync::Semaphore,
+    max: usize,
+    timeout: Duration,
+    /// `WORKER_CRASHES` when the idle list was last known good.
+    crashes_seen: AtomicU64,
+}
+
+/// A read connection, back to the idle list when dropped.
+pub struct Reader<'a> {
+    conn: Option<SqliteConnection>,
+    readers: &'a Readers,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Readers {
+    fn new(options: SqliteConnectOptions, max: usize, timeout: Duration) -> Readers {
+        Readers {
+            options,
+            idle: std::sync::Mutex::new(Vec::with_capacity(max)),
+            permits: tokio::sync::Semaphore::new(max),
+            max,
+            timeout,
+            crashes_seen: AtomicU64::new(WORKER_CRASHES.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+
+    /// A connection: an idle one, or a new one while fewer than `max` are open; waits at most
+    /// the database timeout for one to come back (`PoolTimedOut`, answered 503).
+    pub async fn get(&self) -> Result<Reader<'_>, sqlx::Error> {
+        let permit = tokio::time::timeout(self.timeout, self.permits.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let crashes = WORKER_CRASHES.load(std::sync::atomic::Ordering::Relaxed);
+            if self
+                .crashes_seen
+                .swap(crashes, std::sync::atomic::Ordering::Relaxed)
+                != crashes
+            {
+                idle.clear();
+            }
+            idle.pop()
+        };
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.options.connect().await?,
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            readers: self,
+            _permit: permit,
+        })
+    }
+
+    /// Connections open, in use or idle.
+    pub fn size(&self) -> u32 {
+        (self.max - self.permits.available_permits() + self.num_idle()) as u32
+    }
+
+    pub fn num_idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Reader<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        // Back before the permit is released (fields drop after this), so the next holder of
+        // a permit finds it.
+        if let Some(conn) = self.conn.take() {
+            self.readers
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+    }
+}
+
 impl SqliteStore {
+    /// A read-only connection (`Readers`).
+    async fn read(&self) -> crate::storage::StoreResult<Reader<'_>> {
+        self.reader.get().await.map_err(crate::storage::db_error)
+    }
+
     /// What, in the writer's settings, can lose an acknowledged write: `synchronous` below
     /// FULL (in WAL mode, NORMAL loses the last commits on power loss).
     pub async fn durability_risks(&self) -> anyhow::Result<Vec<String>> {
@@ -336,5 +445,73 @@ impl SqliteStore {
                 None => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At most `max` connections, each back in the idle list when its guard drops (no round
+    /// trip), a timeout when all are held, and the idle ones dropped after a crashed worker.
+    #[tokio::test]
+    async fn readers_reuse_connections_and_time_out() {
+        let path = std::env::temp_dir().join(format!("confab-readers-{}.db", uuid::Uuid::now_v7()));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(SqliteJournalMode::Wal);
+        sqlx::Connection::close(
+            options
+                .clone()
+                .create_if_missing(true)
+                .connect()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let readers = Readers::new(options.read_only(true), 2, Duration::from_millis(200));
+        assert_eq!(
+            (readers.size(), readers.num_idle()),
+            (0, 0),
+            "opened as needed"
+        );
+        let mut a = readers.get().await.unwrap();
+        let b = readers.get().await.unwrap();
+        let one: i64 = sqlx::query_scalar("select 1")
+            .fetch_one(&mut *a)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+        assert_eq!((readers.size(), readers.num_idle()), (2, 0));
+        let waited = std::time::Instant::now();
+        assert!(matches!(
+            readers.get().await,
+            Err(sqlx::Error::PoolTimedOut)
+        ));
+        assert!(waited.elapsed() >= Duration::from_millis(200));
+        drop(b);
+        assert_eq!(
+            (readers.size(), readers.num_idle()),
+            (2, 1),
+            "back without a ping"
+        );
+        let c = readers.get().await.unwrap();
+        assert_eq!(
+            (readers.size(), readers.num_idle()),
+            (2, 0),
+            "the idle one reused"
+        );
+        drop((a, c));
+        assert_eq!(readers.num_idle(), 2);
+        WORKER_CRASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = readers.get().await.unwrap();
+        assert_eq!(
+            (readers.size(), readers.num_idle()),
+            (1, 0),
+            "after a crashed worker the idle connections are dropped and a new one opened"
+        );
+        drop(d);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -463,8 +463,9 @@ async fn postgres_outage_fails_fast_and_loses_nothing() {
     let down_at = Instant::now();
 
     // While it is down: every request is answered within the 2 s timeout (no hang); once a
-    // probe found the database down (the first 503 after 2 s, the probe's ping after 1 s
-    // more) the answers come at once.
+    // probe found the database down (at the latest the first 503 after 2 s, the probe's ping
+    // after 1 s more; a request on a pooled connection the crash closed fails at once) the
+    // answers come at once.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
