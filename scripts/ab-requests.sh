@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Alternates two builds of the server on one seeded database and reports, per scenario, the
-# throughput and the server's context switches and CPU per request (`perf stat` on its pid),
-# which vary less than throughput on a machine whose speed drifts.
+# Alternates builds of the server on one seeded database and reports, per scenario, the
+# throughput and the server's thread switches and CPU per request (`perf stat` on its pid and
+# the server's request counter, over 4 s under load), which vary less than throughput on a
+# machine whose speed drifts.
 #
-#   scripts/ab-requests.sh sqlite|postgres OLD_CONFAB NEW_CONFAB [rounds] [scenarios] [concurrency]
+#   scripts/ab-requests.sh sqlite|postgres CONFAB_A CONFAB_B [CONFAB_C ...]
 #
-# Defaults: 2 rounds; healthz,sync_idle,page_before,inbox; 16. The database (the small dataset
-# of scripts/bench-run.sh) is seeded once per backend and kept: /tmp/confab-ab.db or the
-# database confab_ab; delete it to seed again. Needs perf and bc; build first
+# Environment: ROUNDS (2; each round runs the builds in turn, starting one further along, so a
+# steady drift of the machine does not favour one), SCENARIOS (healthz,sync_idle,page_before,
+# inbox), CONCURRENCY (16), PORT (18600). The database (the small dataset of
+# scripts/bench-run.sh) is seeded once per backend and kept: /tmp/confab-ab.db or the database
+# confab_ab; `rm /tmp/confab-ab.*-seeded` to seed again. Needs perf and bc; build first
 # (cargo build --release: its confab-bench drives the load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-backend=${1:?sqlite or postgres}; old=${2:?old confab binary}; new=${3:?new confab binary}
-rounds=${4:-2}; scenarios=${5:-healthz,sync_idle,page_before,inbox}; conc=${6:-16}
-port=${PORT:-18600}
+backend=${1:?sqlite or postgres}; shift
+[ $# -ge 2 ] || { echo "give two builds or more" >&2; exit 2; }
+builds=("$@")
+rounds=${ROUNDS:-2}; scenarios=${SCENARIOS:-healthz,sync_idle,page_before,inbox}
+conc=${CONCURRENCY:-16}; port=${PORT:-18600}
 bench=./target/release/confab-bench
+seeded=/tmp/confab-ab.$backend-seeded
 case $backend in
-  sqlite) db=sqlite:///tmp/confab-ab.db; seeded=/tmp/confab-ab.db ;;
-  postgres) db=postgres://postgres@127.0.0.1/confab_ab; seeded=/tmp/confab-ab.pg-seeded ;;
+  sqlite) db=sqlite:///tmp/confab-ab.db ;;
+  postgres) db=postgres://postgres@127.0.0.1/confab_ab ;;
   *) echo "sqlite or postgres" >&2; exit 2 ;;
 esac
 pid=
@@ -29,36 +35,51 @@ start() {
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return; sleep 0.1; done
   echo "the server did not start: /tmp/confab-ab.log" >&2; exit 1
 }
-stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+# Requests the server has answered, from its own counter.
+requests() {
+  curl -sf "http://127.0.0.1:$port/metrics" \
+    | awk '/^confab_http_requests_total/ {n += $NF} END {printf "%d", n}'
+}
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; }
 if [ ! -e "$seeded" ]; then
-  [ "$backend" = postgres ] && psql -q -h 127.0.0.1 -U postgres \
-    -c "drop database if exists confab_ab" -c "create database confab_ab"
-  start "$new"
-  token=$(CONFAB_DATABASE_URL=$db "$new" token --server 2>/dev/null)
+  case $backend in
+    sqlite) rm -f /tmp/confab-ab.db /tmp/confab-ab.db-wal /tmp/confab-ab.db-shm ;;
+    postgres) psql -q -h 127.0.0.1 -U postgres \
+      -c "drop database if exists confab_ab" -c "create database confab_ab" ;;
+  esac
+  start "${builds[0]}"
+  token=$(CONFAB_DATABASE_URL=$db "${builds[0]}" token --server 2>/dev/null)
   $bench seed --url "http://127.0.0.1:$port" --token "$token" --users 2000 --conversations 5000 \
     --messages 100000 --heavy-user-conversations 1000 >/dev/null
   stop
-  [ "$backend" = postgres ] && touch "$seeded"
+  touch "$seeded"
 fi
-for _ in $(seq "$rounds"); do
-  for v in old new; do
-    bin=$old; [ $v = new ] && bin=$new
+n_builds=${#builds[@]}
+for r in $(seq 0 $((rounds - 1))); do
+  for k in $(seq 0 $((n_builds - 1))); do
+    bin=${builds[$(((k + r) % n_builds))]}
     start "$bin"
     token=$(CONFAB_DATABASE_URL=$db "$bin" token --server 2>/dev/null)
     for sc in ${scenarios//,/ }; do
+      # Load for 2 s of warm-up and 8 s measured; the server's own request counter and perf
+      # are read over 4 s in the middle of it.
       $bench run --url "http://127.0.0.1:$port" --token "$token" --concurrency "$conc" \
-        --duration 1s --scenarios "$sc" >/dev/null 2>&1 || true
-      perf stat -x, -e context-switches,task-clock -p "$pid" -o /tmp/confab-ab.perf -- sleep 6 &
-      perfpid=$!
-      ops=$($bench run --url "http://127.0.0.1:$port" --token "$token" --concurrency "$conc" \
-        --duration 5s --scenarios "$sc" 2>&1 | awk -v s="$sc" '$1 == s && $2 ~ /^[0-9]+$/ {print $3; exit}') || true
-      wait $perfpid || true
-      if [ -z "$ops" ]; then echo "$v $sc: no result (see /tmp/confab-ab.log)"; continue; fi
-      csw=$(awk -F, '$3 == "context-switches" {print $1}' /tmp/confab-ab.perf)
-      ms=$(awk -F, '$3 == "task-clock" {print $1}' /tmp/confab-ab.perf)
-      n=$(echo "$ops * 5" | bc)
-      printf "%s %-12s c=%-3s %7s/s  %5.2f switches  %7.1f us CPU per request\n" \
-        $v "$sc" "$conc" "$ops" "$(echo "$csw / $n" | bc -l)" "$(echo "$ms * 1000 / $n" | bc -l)"
+        --warmup 2s --duration 8s --scenarios "$sc" >/dev/null 2>&1 &
+      load=$!
+      sleep 4
+      before=$(requests)
+      perf stat -x, -e context-switches,task-clock -p "$pid" -o /tmp/confab-ab.perf -- sleep 4 \
+        || true
+      after=$(requests)
+      wait $load || true
+      csw=$(awk -F, '$3 == "context-switches" {print $1}' /tmp/confab-ab.perf 2>/dev/null || true)
+      ms=$(awk -F, '$3 == "task-clock" {print $1}' /tmp/confab-ab.perf 2>/dev/null || true)
+      n=$((after - before - 1))
+      if [ "$n" -le 0 ] || [ -z "$csw" ] || [ -z "$ms" ]; then
+        echo "$bin $sc: no result (see /tmp/confab-ab.log, /tmp/confab-ab.perf)"; continue
+      fi
+      printf "%-28s %-12s c=%-3s %7d/s  %5.2f switches  %7.1f us CPU per request\n" \
+        "$bin" "$sc" "$conc" $((n / 4)) "$(echo "$csw / $n" | bc -l)" "$(echo "$ms * 1000 / $n" | bc -l)"
     done
     stop
   done
