@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Alternates builds of the server on one seeded database and reports, per scenario, the
 # throughput and the server's thread switches and CPU per request (`perf stat` on its pid and
-# the server's request counter, over 4 s under load), which vary less than throughput on a
-# machine whose speed drifts.
+# the server's request counter, over the same 4 s under load), which vary less than throughput
+# on a machine whose speed drifts. Nothing else should run meanwhile: beside other CPU work the
+# server's threads park less and the switches drop too.
 #
 #   scripts/ab-requests.sh sqlite|postgres CONFAB_A CONFAB_B [CONFAB_C ...]
 #
@@ -27,7 +28,8 @@ case $backend in
   *) echo "sqlite or postgres" >&2; exit 2 ;;
 esac
 pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null || true' EXIT
+load=
+trap '[ -n "$load" ] && kill $load 2>/dev/null; [ -n "$pid" ] && kill $pid 2>/dev/null; true' EXIT
 start() {
   CONFAB_DATABASE_URL=$db CONFAB_ADDR=127.0.0.1:$port RUST_LOG=warn \
     CONFAB_RATE_LIMIT_PER_USER=0 CONFAB_RATE_LIMIT_PER_IP=0 "$1" serve >/tmp/confab-ab.log 2>&1 &
@@ -37,7 +39,7 @@ start() {
 }
 # Requests the server has answered, from its own counter.
 requests() {
-  curl -sf "http://127.0.0.1:$port/metrics" \
+  { curl -sf "http://127.0.0.1:$port/metrics" || true; } \
     | awk '/^confab_http_requests_total/ {n += $NF} END {printf "%d", n}'
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; }
@@ -67,11 +69,11 @@ for r in $(seq 0 $((rounds - 1))); do
         --warmup 2s --duration 8s --scenarios "$sc" >/dev/null 2>&1 &
       load=$!
       sleep 4
-      before=$(requests)
+      before=$(requests); t0=$(date +%s%N)
       perf stat -x, -e context-switches,task-clock -p "$pid" -o /tmp/confab-ab.perf -- sleep 4 \
         || true
-      after=$(requests)
-      wait $load || true
+      after=$(requests); t1=$(date +%s%N)
+      wait $load || true; load=
       csw=$(awk -F, '$3 == "context-switches" {print $1}' /tmp/confab-ab.perf 2>/dev/null || true)
       ms=$(awk -F, '$3 == "task-clock" {print $1}' /tmp/confab-ab.perf 2>/dev/null || true)
       n=$((after - before - 1))
@@ -79,7 +81,8 @@ for r in $(seq 0 $((rounds - 1))); do
         echo "$bin $sc: no result (see /tmp/confab-ab.log, /tmp/confab-ab.perf)"; continue
       fi
       printf "%-28s %-12s c=%-3s %7d/s  %5.2f switches  %7.1f us CPU per request\n" \
-        "$bin" "$sc" "$conc" $((n / 4)) "$(echo "$csw / $n" | bc -l)" "$(echo "$ms * 1000 / $n" | bc -l)"
+        "$bin" "$sc" "$conc" $((n * 1000000000 / (t1 - t0))) "$(echo "$csw / $n" | bc -l)" \
+        "$(echo "$ms * 1000 / $n" | bc -l)"
     done
     stop
   done

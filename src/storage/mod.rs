@@ -698,8 +698,6 @@ async fn open_checked(
     }
 }
 
-/// Maps a sqlx error to a store error: connection trouble is `Unavailable`, a named unique
-/// constraint is `Conflict`, anything else `Other`.
 /// Whether `e` says the connection it ran on is gone (closed by the server, reset), rather than
 /// that the database refused or did not answer the statement: PostgreSQL's admin shutdown and
 /// crash codes (57P01-57P03), a connection exception (08), or an I/O error on the socket.
@@ -713,6 +711,9 @@ pub(crate) fn connection_died(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Maps a sqlx error to a store error: connection trouble is `Unavailable`, a named unique
+/// constraint is `Conflict`, anything else `Other`. A crashed SQLite connection thread is
+/// counted (`sqlite::WORKER_CRASHES`), so the read pool replaces its idle connections.
 pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     if matches!(e, sqlx::Error::WorkerCrashed) {
         sqlite::WORKER_CRASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -37,6 +37,11 @@ impl PgStore {
             .map_err(crate::storage::db_error)
     }
 
+    /// At most this many connections are open.
+    fn read_connections(&self) -> u32 {
+        self.reader.options().get_max_connections()
+    }
+
     pub async fn open(url: &str, db_timeout: Duration, pool_size: u32) -> anyhow::Result<Self> {
         // A statement slower than CONFAB_DB_TIMEOUT is cancelled and answered 503.
         let timeout_ms = db_timeout.as_millis().to_string();

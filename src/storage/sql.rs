@@ -1603,8 +1603,9 @@ macro_rules! sql_store {
 
             async fn ping(&self) -> StoreResult<()> {
                 // Pooled connections are not tested before use unless idle for a second, so
-                // after a PostgreSQL restart each busy one fails once (and is closed): another
-                // try on a connection that died tells that from a database that did not answer.
+                // after a PostgreSQL restart each busy one fails once (and is closed): trying
+                // again, past every connection the pool may hold, tells that from a database
+                // that did not answer.
                 let mut tries = 0;
                 loop {
                     self.tick(1);
@@ -1614,7 +1615,9 @@ macro_rules! sql_store {
                     };
                     match done {
                         Ok(()) => return Ok(()),
-                        Err(e) if tries < 8 && $crate::storage::connection_died(&e) => tries += 1,
+                        Err(e) if tries < self.read_connections() && $crate::storage::connection_died(&e) => {
+                            tries += 1
+                        }
                         Err(e) => return Err(db_error(e)),
                     }
                 }
