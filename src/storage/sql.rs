@@ -1609,11 +1609,8 @@ macro_rules! sql_store {
                 let mut tries = 0;
                 loop {
                     self.tick(1);
-                    let done = match self.read().await {
-                        Ok(mut conn) => sqlx::query("select 1").execute(&mut *conn).await.map(drop),
-                        Err(e) => return Err(e),
-                    };
-                    match done {
+                    let done = sqlx::query("select 1").execute(&mut *self.read().await?).await;
+                    match done.map(drop) {
                         Ok(()) => return Ok(()),
                         Err(e) if tries < self.read_connections() && $crate::storage::connection_died(&e) => {
                             tries += 1
