@@ -80,6 +80,9 @@ struct FanoutArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also draw the latency percentiles as an SVG chart to this file (as `run --svg` does).
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -230,6 +233,26 @@ async fn fanout_cmd(a: FanoutArgs) -> anyhow::Result<()> {
     );
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report.json())?)?;
+    }
+    if let Some(path) = a.svg {
+        let row = Row {
+            scenario: "fanout".into(),
+            concurrency: a.connections,
+            ops_per_s: report.deliveries_per_second(),
+            p50_ms: report.percentile_ms(0.50),
+            p95_ms: report.percentile_ms(0.95),
+            p99_ms: report.percentile_ms(0.99),
+            max_ms: report.percentile_ms(1.0),
+            ok: report.received,
+            errors: report.send_errors,
+            seconds: report.seconds,
+            confab_over_sql: None,
+            confab_over_naive: None,
+            server_cores: report.server_cpu_s.map(|s| s / report.seconds),
+            server_peak_rss_mb: report.server_peak_rss_mib,
+        };
+        std::fs::write(&path, latency_svg(&[row]))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bench;
 mod cli;
 mod concurrency;
 mod conversations;
