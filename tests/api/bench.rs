@@ -1,13 +1,14 @@
 //! The benchmark tool (`confab-bench`) against a `confab serve` process: it seeds through the
-//! import path, runs every `run` scenario with its same-SQL and naive ceilings, and fan-out
-//! over Socket.IO, and reports what it measured as JSON and SVG. Small sizes and half-second
+//! import path, runs every `run` scenario with its same-SQL and naive ceilings, fan-out over
+//! Socket.IO, the import (both paths) and the Messenger sync, and reports what it measured as
+//! JSON and SVG. Small sizes and half-second
 //! runs: this checks that the tool works and that its reports hold what it measured, not
 //! the server's speed (BENCHMARKS.md does that).
 
 use serde_json::Value;
 
 use crate::both;
-use crate::helpers::{Db, Process, SECRET, fresh_database};
+use crate::helpers::{Db, Process, SECRET, free_port, fresh_database};
 
 fn bench() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_confab-bench"))
@@ -30,7 +31,9 @@ both!(bench_tool_seeds_runs_every_scenario_and_reports_it);
 async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
     let url = fresh_database(db).await;
     let naive = fresh_database(db).await;
-    let server = Process::start(&url, &[]).await;
+    let graph = format!("127.0.0.1:{}", free_port());
+    let graph_url = format!("http://{graph}/v19.0");
+    let server = Process::start(&url, &[("CONFAB_GRAPH_API_URL", &graph_url)]).await;
     let token = server.app(db, &url).await.server();
     let pid = server.child.id().to_string();
     let dir = std::env::temp_dir().join(format!("confab-bench-{}", uuid::Uuid::now_v7()));
@@ -196,5 +199,71 @@ async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
     assert_eq!(report["deliveries"], sent * 10, "{report}");
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.contains("<title>fanout c=20 p99: "), "{chart}");
+
+    // Import: a generated file streamed to the server, then the same file through `confab
+    // import` into a database of its own.
+    let file = dir.join("import.ndjson");
+    let import = |via: &str, json: &std::path::Path| {
+        let mut cmd = bench();
+        cmd.args(["import", "--file", file.to_str().unwrap(), "--via", via])
+            .args([
+                "--messages",
+                "2000",
+                "--conversations",
+                "40",
+                "--users",
+                "20",
+            ])
+            .args(["--json", json.to_str().unwrap()]);
+        cmd
+    };
+    let json = dir.join("import-http.json");
+    run(import("http", &json).args([
+        "--url",
+        &server.base,
+        "--token",
+        &token,
+        "--server-pid",
+        &pid,
+    ]));
+    let cli_db = fresh_database(db).await;
+    let cli_json = dir.join("import-cli.json");
+    run(import("cli", &cli_json).args([
+        "--confab",
+        env!("CARGO_BIN_EXE_confab"),
+        "--database-url",
+        &cli_db,
+    ]));
+    for json in [json, cli_json] {
+        let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(report["summary"]["messages"], 2000, "{report}");
+        assert_eq!(report["summary"]["conversations"], 40, "{report}");
+        assert_eq!(report["summary"]["errors"], 0, "{report}");
+        assert!(report["messages_per_s"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["process_cpu_s"].as_f64().unwrap() > 0.0, "{report}");
+    }
+
+    // Messenger: a page of the fixture Graph API synced by the server's job.
+    let json = dir.join("messenger.json");
+    run(bench().args([
+        "messenger",
+        "--url",
+        &server.base,
+        "--token",
+        &token,
+        "--fixture-addr",
+        &graph,
+        "--conversations",
+        "30",
+        "--messages",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["job"]["status"], "completed", "{report}");
+    assert_eq!(report["job"]["fetched"], 30, "{report}");
+    assert_eq!(report["job"]["messages"], 150, "{report}");
+    assert!(report["graph_requests"].as_u64().unwrap() >= 31, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }
