@@ -70,7 +70,10 @@ impl SqliteStore {
             .await?;
         let store = SqliteStore {
             writer,
-            reader: Readers::new(base.read_only(true), 4, db_timeout),
+            // A connection's thread hands each row to the request through a channel; at
+            // sqlx's default of 50 rows, a page's 51st row (the page and one more) waited for
+            // the request to drain the channel, one more sleep and wake of that thread.
+            reader: Readers::new(base.read_only(true).row_buffer_size(128), 4, db_timeout),
             queries: Arc::default(),
             outbox: Default::default(),
         };
