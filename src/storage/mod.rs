@@ -692,6 +692,9 @@ async fn open_checked(
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = postgres::PgStore::open(url, db_timeout, pool_size).await?;
         let risks = store.durability_risks().await?;
+        for warning in store.maintenance_warnings().await? {
+            tracing::warn!("{warning}");
+        }
         Ok((Arc::new(store), risks))
     } else {
         anyhow::bail!("CONFAB_DATABASE_URL must start with sqlite:// or postgres://")

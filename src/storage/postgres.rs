@@ -109,6 +109,40 @@ impl PgStore {
         }
         Ok(risks)
     }
+
+    /// What, in the server's settings, leaves the rows Confab updates in place to grow without
+    /// bound: every message updates its conversation's row and its members' rows (the
+    /// listing's order), so those tables turn over fast and need (auto)vacuum. Warned about at
+    /// start, not refused: an operator may vacuum on a schedule of their own.
+    pub async fn maintenance_warnings(&self) -> anyhow::Result<Vec<String>> {
+        let (autovacuum, track_counts): (String, String) =
+            sqlx::query_as("select current_setting('autovacuum'), current_setting('track_counts')")
+                .fetch_one(&self.writer)
+                .await?;
+        const EFFECT: &str = "the dead row versions every message leaves in `members` and \
+            `conversations` are not removed; turn it on or vacuum those tables regularly";
+        let mut warnings = Vec::new();
+        for (setting, value) in [("autovacuum", &autovacuum), ("track_counts", &track_counts)] {
+            if value == "off" {
+                warnings.push(format!("PostgreSQL {setting} is off: {EFFECT}"));
+            }
+        }
+        // Also when autovacuum is off as a whole: these outlast turning it on.
+        let off: Vec<String> = sqlx::query_scalar(
+            "select c.relname::text from pg_class c \
+             where c.oid in ('members'::regclass, 'conversations'::regclass) \
+             and 'autovacuum_enabled=false' = any(coalesce(c.reloptions, '{}')) \
+             order by c.relname",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        warnings.extend(off.into_iter().map(|t| {
+            format!(
+                "PostgreSQL autovacuum is off for table {t} (autovacuum_enabled=false): {EFFECT}"
+            )
+        }));
+        Ok(warnings)
+    }
 }
 
 super::sql::sql_store!(

@@ -48,6 +48,45 @@ async fn token_command_uses_the_secret_kept_in_the_database() {
         .error(401, "unauthorized");
 }
 
+/// Every message updates rows of `members` and `conversations` in place: a server whose
+/// autovacuum is off (as a whole, or for those tables) is named at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_autovacuum_is_warned_about_at_start() {
+    use sqlx::Connection;
+    let url = fresh_database(Db::Postgres).await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let autovacuum: String = sqlx::query_scalar("select current_setting('autovacuum')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let start = || {
+        let out = confab(&url).arg("migrate").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let log = start();
+    assert_eq!(
+        log.contains("PostgreSQL autovacuum is off: "),
+        autovacuum == "off",
+        "autovacuum={autovacuum}: {log}"
+    );
+    assert!(!log.contains("for table"), "{log}");
+    sqlx::query("alter table members set (autovacuum_enabled = false)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let log = start();
+    assert!(
+        log.contains("PostgreSQL autovacuum is off for table members (autovacuum_enabled=false)"),
+        "{log}"
+    );
+    assert!(!log.contains("for table conversations"), "{log}");
+}
+
 #[test]
 fn bad_configuration_is_refused_naming_the_variable() {
     let out = confab("sqlite:///tmp/never.db")
