@@ -235,23 +235,13 @@ async fn fanout_cmd(a: FanoutArgs) -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&report.json())?)?;
     }
     if let Some(path) = a.svg {
-        let row = Row {
-            scenario: "fanout".into(),
-            concurrency: a.connections,
-            ops_per_s: report.deliveries_per_second(),
-            p50_ms: report.percentile_ms(0.50),
-            p95_ms: report.percentile_ms(0.95),
-            p99_ms: report.percentile_ms(0.99),
-            max_ms: report.percentile_ms(1.0),
-            ok: report.received,
-            errors: report.send_errors,
-            seconds: report.seconds,
-            confab_over_sql: None,
-            confab_over_naive: None,
-            server_cores: report.server_cpu_s.map(|s| s / report.seconds),
-            server_peak_rss_mb: report.server_peak_rss_mib,
+        // Nothing delivered: no bars (NaN is skipped), not bars at the axis' floor.
+        let p = |q: f64| match report.latencies_us.is_empty() {
+            true => f64::NAN,
+            false => report.percentile_ms(q),
         };
-        std::fs::write(&path, latency_svg(&[row]))
+        let label = format!("fanout conns={}", a.connections);
+        std::fs::write(&path, latency_svg(&[(label, [p(0.50), p(0.95), p(0.99)])]))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -1377,19 +1367,28 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &a.svg {
-        std::fs::write(path, latency_svg(&rows))
+        let bars: Vec<(String, [f64; 3])> = rows
+            .iter()
+            .map(|r| {
+                let label = format!("{} c={}", r.scenario, r.concurrency);
+                (label, [r.p50_ms, r.p95_ms, r.p99_ms])
+            })
+            .collect();
+        std::fs::write(path, latency_svg(&bars))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
-/// p50, p95 and p99 of every row as bars on a logarithmic millisecond axis.
-fn latency_svg(rows: &[Row]) -> String {
+/// p50, p95 and p99 of every labelled row as bars on a logarithmic millisecond axis (a NaN
+/// is not drawn).
+fn latency_svg(rows: &[(String, [f64; 3])]) -> String {
     let (left, top, height, slot) = (60.0, 30.0, 300.0, 42.0);
     let (lo, hi) = (0.1f64.log10(), 1000f64.log10());
     let y = |ms: f64| top + height * (1.0 - (ms.max(0.1).log10() - lo) / (hi - lo));
-    let width = left + slot * rows.len() as f64 + 20.0;
+    // Wide enough for the title and the legend however few rows there are.
+    let width = (left + slot * rows.len() as f64 + 20.0).max(520.0);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" \
          font-family=\"sans-serif\" font-size=\"10\">\n\
@@ -1409,30 +1408,26 @@ fn latency_svg(rows: &[Row]) -> String {
         );
     }
     let colors = ["#4c78a8", "#f58518", "#e45756"];
-    for (i, r) in rows.iter().enumerate() {
+    for (i, (label, percentiles)) in rows.iter().enumerate() {
         let x0 = left + slot * i as f64 + 6.0;
-        for (k, ms) in [r.p50_ms, r.p95_ms, r.p99_ms].into_iter().enumerate() {
+        for (k, &ms) in percentiles.iter().enumerate() {
             if ms.is_nan() {
                 continue;
             }
             let x = x0 + k as f64 * 10.0;
             svg += &format!(
                 "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"9\" height=\"{:.1}\" fill=\"{}\">\
-                 <title>{} c={} p{}: {ms:.2} ms</title></rect>\n",
+                 <title>{label} p{}: {ms:.2} ms</title></rect>\n",
                 y(ms),
                 top + height - y(ms),
                 colors[k],
-                r.scenario,
-                r.concurrency,
                 [50, 95, 99][k]
             );
         }
         svg += &format!(
-            "<text transform=\"translate({:.1},{:.1}) rotate(60)\">{} c={}</text>\n",
+            "<text transform=\"translate({:.1},{:.1}) rotate(60)\">{label}</text>\n",
             x0 + 4.0,
             top + height + 8.0,
-            r.scenario,
-            r.concurrency
         );
     }
     for (k, label) in ["p50", "p95", "p99"].iter().enumerate() {

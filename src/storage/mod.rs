@@ -643,13 +643,16 @@ pub type DynStore = Arc<dyn Store>;
 /// `synchronous_commit` or `full_page_writes` off; SQLite below `synchronous=FULL`) unless
 /// `allow_unsafe_durability` says the operator accepts that.
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<DynStore> {
-    let (store, risks) = open_checked(
+    let (store, risks, warnings) = open_checked(
         &config.database_url,
         config.db_timeout,
         config.db_pool_size,
         config.sqlite_synchronous,
     )
     .await?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     if !risks.is_empty() {
         let risks = risks.join(", ");
         if config.allow_unsafe_durability {
@@ -675,27 +678,30 @@ pub async fn open_url(
     Ok(open_checked(url, db_timeout, pool_size, sync).await?.0)
 }
 
-/// Opens the store and lists the settings under it that can lose acknowledged writes.
+/// Opens the store and lists the settings under it that can lose acknowledged writes, then
+/// those that let its tables grow (`maintenance_warnings`).
 async fn open_checked(
     url: &str,
     db_timeout: std::time::Duration,
     pool_size: u32,
     sqlite_sync: crate::config::SqliteSync,
-) -> anyhow::Result<(DynStore, Vec<String>)> {
+) -> anyhow::Result<(DynStore, Vec<String>, Vec<String>)> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or(url.strip_prefix("sqlite:"))
     {
         let store = sqlite::SqliteStore::open(path, db_timeout, sqlite_sync).await?;
         let risks = store.durability_risks().await?;
-        Ok((Arc::new(store), risks))
+        Ok((Arc::new(store), risks, Vec::new()))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = postgres::PgStore::open(url, db_timeout, pool_size).await?;
         let risks = store.durability_risks().await?;
-        for warning in store.maintenance_warnings().await? {
-            tracing::warn!("{warning}");
-        }
-        Ok((Arc::new(store), risks))
+        let warnings = store.maintenance_warnings().await.unwrap_or_else(|e| {
+            vec![format!(
+                "could not read PostgreSQL's autovacuum settings: {e}"
+            )]
+        });
+        Ok((Arc::new(store), risks, warnings))
     } else {
         anyhow::bail!("CONFAB_DATABASE_URL must start with sqlite:// or postgres://")
     }

@@ -115,33 +115,29 @@ impl PgStore {
     /// listing's order), so those tables turn over fast and need (auto)vacuum. Warned about at
     /// start, not refused: an operator may vacuum on a schedule of their own.
     pub async fn maintenance_warnings(&self) -> anyhow::Result<Vec<String>> {
-        let (autovacuum, track_counts): (String, String) =
-            sqlx::query_as("select current_setting('autovacuum'), current_setting('track_counts')")
-                .fetch_one(&self.writer)
-                .await?;
-        const EFFECT: &str = "the dead row versions every message leaves in `members` and \
-            `conversations` are not removed; turn it on or vacuum those tables regularly";
-        let mut warnings = Vec::new();
-        for (setting, value) in [("autovacuum", &autovacuum), ("track_counts", &track_counts)] {
-            if value == "off" {
-                warnings.push(format!("PostgreSQL {setting} is off: {EFFECT}"));
-            }
-        }
-        // Also when autovacuum is off as a whole: these outlast turning it on.
-        let off: Vec<String> = sqlx::query_scalar(
-            "select c.relname::text from pg_class c \
-             where c.oid in ('members'::regclass, 'conversations'::regclass) \
-             and 'autovacuum_enabled=false' = any(coalesce(c.reloptions, '{}')) \
-             order by c.relname",
+        // A table's setting counts even while autovacuum is off as a whole: it outlasts
+        // turning it on. `option_value::bool` reads every spelling (off, 0, no, false).
+        let off: Vec<(String, String)> = sqlx::query_as(
+            "select 'setting', s.name from (values ('autovacuum'), ('track_counts')) s (name) \
+               where current_setting(s.name) = 'off' \
+             union all \
+             select 'table', c.relname::text from pg_class c \
+               cross join pg_options_to_table(c.reloptions) o \
+               where c.oid in (to_regclass('members'), to_regclass('conversations')) \
+               and o.option_name = 'autovacuum_enabled' and not o.option_value::bool",
         )
         .fetch_all(&self.writer)
         .await?;
-        warnings.extend(off.into_iter().map(|t| {
-            format!(
-                "PostgreSQL autovacuum is off for table {t} (autovacuum_enabled=false): {EFFECT}"
-            )
-        }));
-        Ok(warnings)
+        const EFFECT: &str = "the dead row versions every message leaves in `members` and \
+            `conversations` are not removed (pages are pruned, index entries stay); turn it \
+            on or vacuum those tables regularly";
+        Ok(off
+            .into_iter()
+            .map(|(kind, name)| match kind.as_str() {
+                "setting" => format!("PostgreSQL {name} is off: {EFFECT}"),
+                _ => format!("PostgreSQL autovacuum is off for table {name}: {EFFECT}"),
+            })
+            .collect())
     }
 }
 

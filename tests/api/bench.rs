@@ -14,10 +14,7 @@ use crate::helpers::{Db, Process, SECRET, free_port, fresh_database};
 /// `confab-bench SUBCOMMAND` against `server` with `token`.
 fn bench(subcommand: &str, server: &str, token: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab-bench"));
-    cmd.arg(subcommand);
-    if !server.is_empty() {
-        cmd.args(["--url", server, "--token", token]);
-    }
+    cmd.args([subcommand, "--url", server, "--token", token]);
     cmd
 }
 
@@ -51,6 +48,23 @@ async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
     let dir = std::env::temp_dir().join(format!("confab-bench-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+
+    // Messenger first, while the fixture's port, chosen before the server started, is likely
+    // still free: a page of the fixture Graph API synced by the server's job.
+    run(bench("messenger", base, &token)
+        .args([
+            "--fixture-addr",
+            &graph,
+            "--conversations",
+            "30",
+            "--messages",
+            "5",
+        ])
+        .args(["--json", &out("messenger.json")]));
+    let report = read(&dir.join("messenger.json"));
+    assert_eq!(report["job"]["fetched"], 30, "{report}");
+    assert_eq!(report["job"]["messages"], 150, "{report}");
+    assert!(report["graph_requests"].as_u64().unwrap() >= 31, "{report}");
 
     let seeded = run(bench("seed", base, &token)
         .args([
@@ -109,9 +123,10 @@ async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
         assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
         let [p50, p99, max] = ["p50_ms", "p99_ms", "max_ms"].map(|k| r[k].as_f64().unwrap());
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+        let line = format!("{name} ");
         assert!(
-            table.contains(name),
-            "{name} missing from the table:\n{table}"
+            table.lines().any(|l| l.starts_with(&line)),
+            "no {name} line:\n{table}"
         );
     }
     // The ratios are the rows' own throughputs divided.
@@ -157,15 +172,14 @@ async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
     let sent = report["sent"].as_u64().unwrap();
     assert!(sent > 0, "{report}");
     assert_eq!(report["send_errors"], 0, "{report}");
-    assert_eq!(report["expected_deliveries"], sent * 10, "{report}");
     assert_eq!(report["deliveries"], sent * 10, "{report}");
     let chart = std::fs::read_to_string(dir.join("fanout.svg")).unwrap();
-    assert!(chart.contains("<title>fanout c=20 p99: "), "{chart}");
+    assert!(chart.contains("<title>fanout conns=20 p99: "), "{chart}");
 
     // Import: a generated file streamed to the server, then the same file through `confab
     // import` into a database of its own.
     let import = |via: &str, json: &str| {
-        let mut cmd = bench("import", "", "");
+        let mut cmd = bench("import", base, &token);
         cmd.args([
             "--file",
             &out("import.ndjson"),
@@ -184,14 +198,7 @@ async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
         ]);
         cmd
     };
-    run(import("http", &out("import-http.json")).args([
-        "--url",
-        base,
-        "--token",
-        &token,
-        "--server-pid",
-        &pid,
-    ]));
+    run(import("http", &out("import-http.json")).args(["--server-pid", &pid]));
     let cli_db = fresh_database(db).await;
     run(import("cli", &out("import-cli.json")).args([
         "--confab",
@@ -205,24 +212,9 @@ async fn bench_tool_seeds_runs_every_scenario_and_reports_it(db: Db) {
         assert_eq!(report["summary"]["conversations"], 40, "{report}");
         assert_eq!(report["summary"]["errors"], 0, "{report}");
         assert!(report["messages_per_s"].as_f64().unwrap() > 0.0, "{report}");
-        assert!(report["process_cpu_s"].as_f64().unwrap() > 0.0, "{report}");
+        // Read from the importing process (a short one may have used no tick of CPU yet).
+        assert!(report["process_cpu_s"].as_f64().is_some(), "{report}");
     }
 
-    // Messenger: a page of the fixture Graph API synced by the server's job.
-    run(bench("messenger", base, &token)
-        .args([
-            "--fixture-addr",
-            &graph,
-            "--conversations",
-            "30",
-            "--messages",
-            "5",
-        ])
-        .args(["--json", &out("messenger.json")]));
-    let report = read(&dir.join("messenger.json"));
-    assert_eq!(report["job"]["status"], "completed", "{report}");
-    assert_eq!(report["job"]["fetched"], 30, "{report}");
-    assert_eq!(report["job"]["messages"], 150, "{report}");
-    assert!(report["graph_requests"].as_u64().unwrap() >= 31, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }

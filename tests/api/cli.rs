@@ -81,10 +81,31 @@ async fn postgres_without_autovacuum_is_warned_about_at_start() {
         .unwrap();
     let log = start();
     assert!(
-        log.contains("PostgreSQL autovacuum is off for table members (autovacuum_enabled=false)"),
+        log.contains("autovacuum is off for table members: "),
         "{log}"
     );
     assert!(!log.contains("for table conversations"), "{log}");
+    // Any spelling of false; `members` keeps its own.
+    sqlx::query("alter table conversations set (autovacuum_enabled = off)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let log = start();
+    assert!(
+        log.contains("autovacuum is off for table members: "),
+        "{log}"
+    );
+    assert!(
+        log.contains("autovacuum is off for table conversations: "),
+        "{log}"
+    );
+    // Switched back on: no longer named.
+    sqlx::query("alter table members set (autovacuum_enabled = on)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let log = start();
+    assert!(!log.contains("for table members"), "{log}");
 }
 
 #[test]
