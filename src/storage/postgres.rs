@@ -129,8 +129,8 @@ impl PgStore {
         .fetch_all(&self.writer)
         .await?;
         const EFFECT: &str = "the dead row versions every message leaves in `members` and \
-            `conversations` are not removed (pages are pruned, index entries stay); turn it \
-            on or vacuum those tables regularly";
+            `conversations` stay in their indexes until a vacuum; turn it on or vacuum those \
+            tables regularly";
         Ok(off
             .into_iter()
             .map(|(kind, name)| match kind.as_str() {
