@@ -236,9 +236,12 @@ async fn fanout_cmd(a: FanoutArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = a.svg {
         // Nothing delivered: no bars (NaN is skipped), not bars at the axis' floor.
-        let p = |q: f64| match report.latencies_us.is_empty() {
-            true => f64::NAN,
-            false => report.percentile_ms(q),
+        let p = |q: f64| {
+            if report.latencies_us.is_empty() {
+                f64::NAN
+            } else {
+                report.percentile_ms(q)
+            }
         };
         let label = format!("fanout conns={}", a.connections);
         std::fs::write(&path, latency_svg(&[(label, [p(0.50), p(0.95), p(0.99)])]))

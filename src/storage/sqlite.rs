@@ -71,8 +71,8 @@ impl SqliteStore {
         let store = SqliteStore {
             writer,
             // A connection's thread hands each row to the request through a channel; at
-            // sqlx's default of 50 rows, a page's 51st row (the page and one more) waited for
-            // the request to drain the channel, one more sleep and wake of that thread.
+            // sqlx's default of 50 rows, a page's 51st row (the page and one more) could wait
+            // for the request to drain the channel, one more sleep and wake of that thread.
             reader: Readers::new(base.read_only(true).row_buffer_size(128), 4, db_timeout),
             queries: Arc::default(),
             outbox: Default::default(),
