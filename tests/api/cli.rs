@@ -75,37 +75,26 @@ async fn postgres_without_autovacuum_is_warned_about_at_start() {
         "autovacuum={autovacuum}: {log}"
     );
     assert!(!log.contains("for table"), "{log}");
-    sqlx::query("alter table members set (autovacuum_enabled = false)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let log = start();
-    assert!(
-        log.contains("autovacuum is off for table members: "),
-        "{log}"
-    );
-    assert!(!log.contains("for table conversations"), "{log}");
+    // Sets a table's autovacuum_enabled, then starts again: the log, and whether it names
+    // the tables.
+    let mut switch = async |table: &str, value: &str| {
+        let sql = format!("alter table {table} set (autovacuum_enabled = {value})");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let log = start();
+        let named = |t: &str| log.contains(&format!("autovacuum is off for table {t}: "));
+        (named("members"), named("conversations"), log)
+    };
+    let (members, conversations, log) = switch("members", "false").await;
+    assert!(members && !conversations, "{log}");
     // Any spelling of false; `members` keeps its own.
-    sqlx::query("alter table conversations set (autovacuum_enabled = off)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let log = start();
-    assert!(
-        log.contains("autovacuum is off for table members: "),
-        "{log}"
-    );
-    assert!(
-        log.contains("autovacuum is off for table conversations: "),
-        "{log}"
-    );
+    let (members, conversations, log) = switch("conversations", "off").await;
+    assert!(members && conversations, "{log}");
     // Switched back on: no longer named.
-    sqlx::query("alter table members set (autovacuum_enabled = on)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let log = start();
-    assert!(!log.contains("for table members"), "{log}");
+    let (members, _, log) = switch("members", "on").await;
+    assert!(!members, "{log}");
 }
 
 #[test]
