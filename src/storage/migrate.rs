@@ -25,6 +25,7 @@ pub const POSTGRES: &[Migration] = migrations!("postgres":
     (4, "bulk_writes", "0004_bulk_writes.sql"),
     (5, "member_activity", "0005_member_activity.sql"),
     (6, "retention_by_conversation", "0006_retention_by_conversation.sql"),
+    (7, "binary_ids", "0007_binary_ids.sql"),
 );
 
 pub const CREATE_TABLE: &str = "create table if not exists confab_migrations (

@@ -1002,3 +1002,85 @@ async fn postgres_connections_dropped_while_idle_are_replaced() {
         .await
         .expect("the ping gets past connections that died");
 }
+
+/// Ids and tags sort byte by byte on both backends, whatever collation the PostgreSQL database
+/// was created with: here ICU's en-US, under which `a` sorts before `B`. A group's member preview
+/// (the caller, then the first 19 of those who joined together, in user id order) is the same
+/// on both, and so are its tags; and every id, key and tag column an index holds compares with
+/// collation "C".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_and_tags_sort_bytewise_on_both_backends() {
+    use sqlx::Connection;
+    let admin_url = crate::helpers::pg_admin_url();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let name = format!("confab_t_icu_{}", uuid::Uuid::now_v7().simple());
+    let sql = format!(
+        "create database {name} template template0 locale_provider icu icu_locale 'en-US' \
+         locale 'C.UTF-8'"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
+    let pg_url = format!("{base}/{name}");
+    // The database's own order is en-US's, so the "C" below is the schema's doing.
+    let mut conn = sqlx::PgConnection::connect(&pg_url).await.unwrap();
+    let own: Vec<String> =
+        sqlx::query_scalar("select x from unnest(array['b', 'B', 'a', 'A']) x order by x")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(own, ["a", "A", "b", "B"]);
+
+    let sqlite_url = fresh_database(Db::Sqlite).await;
+    for (db, url) in [(Db::Sqlite, sqlite_url), (Db::Postgres, pg_url)] {
+        let app = crate::helpers::spawn_app_with(db, crate::helpers::test_config(&url)).await;
+        let me = app.user("Zed");
+        // A to U and a to u, 42 members besides the caller.
+        let others: Vec<String> = (b'A'..=b'U')
+            .chain(b'a'..=b'u')
+            .map(|c| char::from(c).to_string())
+            .collect();
+        let g = app
+            .post(
+                "/v1/conversations",
+                &me,
+                json!({"type": "group", "member_ids": others, "tags": ["b", "B", "a", "A"]}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(g["tags"], json!(["A", "B", "a", "b"]), "{db:?}");
+        let id = g["id"].as_str().unwrap();
+        let got = app
+            .get(&format!("/v1/conversations/{id}"), &me)
+            .await
+            .expect(200);
+        assert_eq!(got["tags"], json!(["A", "B", "a", "b"]), "{db:?}");
+        let members: Vec<&str> = got["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_str().unwrap())
+            .collect();
+        let mut want = vec!["Zed"];
+        want.extend(others[..19].iter().map(String::as_str));
+        assert_eq!(members, want, "{db:?}: {got}");
+    }
+
+    let columns: Vec<(String, String, String)> = sqlx::query_as(
+        "select distinct i.indexrelid::regclass::text, a.attname::text, coalesce(c.collname::text, '') \
+         from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey) \
+         left join pg_collation c on c.oid = a.attcollation \
+         join pg_class t on t.oid = i.indrelid join pg_namespace n on n.oid = t.relnamespace \
+         where n.nspname = 'public' and a.atttypid = 'text'::regtype \
+         and (a.attname like '%\\_id' or a.attname in ('direct_key', 'tag'))",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(columns.len() >= 12, "{columns:?}");
+    for (index, column, collation) in &columns {
+        assert_eq!(collation, "C", "{index} ({column})");
+    }
+}
