@@ -11,8 +11,10 @@
 # steady drift of the machine does not favour one), SCENARIOS (healthz,sync_idle,page_before,
 # inbox), CONCURRENCY (16), PORT (18600). The database (the small dataset of
 # scripts/bench-run.sh) is seeded once per backend and kept: /tmp/confab-ab.db or the database
-# confab_ab; `rm /tmp/confab-ab.*-seeded` to seed again. Needs perf and bc; build first
-# (cargo build --release: its confab-bench drives the load).
+# confab_ab; `rm /tmp/confab-ab.*-seeded` to seed again. DB_PER_BUILD=1 gives each build its
+# own database, seeded by it (/tmp/confab-ab-K.db or confab_ab_K, K its place in the list), for
+# builds whose migrations differ. Needs perf and bc; build first (cargo build --release: its
+# confab-bench drives the load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:?sqlite or postgres}; shift
@@ -21,12 +23,18 @@ builds=("$@")
 rounds=${ROUNDS:-2}; scenarios=${SCENARIOS:-healthz,sync_idle,page_before,inbox}
 conc=${CONCURRENCY:-16}; port=${PORT:-18600}
 bench=./target/release/confab-bench
-seeded=/tmp/confab-ab.$backend-seeded
-case $backend in
-  sqlite) db=sqlite:///tmp/confab-ab.db ;;
-  postgres) db=postgres://postgres@127.0.0.1/confab_ab ;;
-  *) echo "sqlite or postgres" >&2; exit 2 ;;
-esac
+case $backend in sqlite|postgres) ;; *) echo "sqlite or postgres" >&2; exit 2 ;; esac
+# The database of build K (its place in the list): db, dbname (the file or the database) and
+# seeded (the marker of its seeding).
+use_db() {
+  local sfx=
+  [ "${DB_PER_BUILD:-0}" = 1 ] && sfx=-$1
+  seeded=/tmp/confab-ab$sfx.$backend-seeded
+  case $backend in
+    sqlite) dbname=/tmp/confab-ab$sfx.db; db=sqlite://$dbname ;;
+    postgres) dbname=confab_ab${sfx//-/_}; db=postgres://postgres@127.0.0.1/$dbname ;;
+  esac
+}
 pid=
 load=
 trap '[ -n "$load" ] && kill $load 2>/dev/null; [ -n "$pid" ] && kill $pid 2>/dev/null; true' EXIT
@@ -43,23 +51,28 @@ requests() {
     | awk '/^confab_http_requests_total/ {n += $NF} END {printf "%d", n}'
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; }
-if [ ! -e "$seeded" ]; then
+n_builds=${#builds[@]}
+for k in $(seq 0 $((n_builds - 1))); do
+  use_db "$k"
+  [ -e "$seeded" ] && continue
   case $backend in
-    sqlite) rm -f /tmp/confab-ab.db /tmp/confab-ab.db-wal /tmp/confab-ab.db-shm ;;
+    sqlite) rm -f "$dbname" "$dbname-wal" "$dbname-shm" ;;
     postgres) psql -q -h 127.0.0.1 -U postgres \
-      -c "drop database if exists confab_ab" -c "create database confab_ab" ;;
+      -c "drop database if exists $dbname" -c "create database $dbname" ;;
   esac
-  start "${builds[0]}"
-  token=$(CONFAB_DATABASE_URL=$db "${builds[0]}" token --server 2>/dev/null)
+  start "${builds[$k]}"
+  token=$(CONFAB_DATABASE_URL=$db "${builds[$k]}" token --server 2>/dev/null)
   $bench seed --url "http://127.0.0.1:$port" --token "$token" --users 2000 --conversations 5000 \
     --messages 100000 --heavy-user-conversations 1000 >/dev/null
   stop
   touch "$seeded"
-fi
-n_builds=${#builds[@]}
+  [ "${DB_PER_BUILD:-0}" = 1 ] || break
+done
 for r in $(seq 0 $((rounds - 1))); do
   for k in $(seq 0 $((n_builds - 1))); do
-    bin=${builds[$(((k + r) % n_builds))]}
+    b=$(((k + r) % n_builds))
+    bin=${builds[$b]}
+    use_db "$b"
     start "$bin"
     token=$(CONFAB_DATABASE_URL=$db "$bin" token --server 2>/dev/null)
     for sc in ${scenarios//,/ }; do
