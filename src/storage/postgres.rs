@@ -27,6 +27,9 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// After a commit (`SqliteStore::committed` has work to do; PostgreSQL none).
+    fn committed(&self) {}
+
     /// A connection for reading (the one pool; `SqliteStore::read` has the same shape).
     async fn read(
         &self,

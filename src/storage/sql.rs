@@ -553,7 +553,9 @@ macro_rules! sql_store {
 
             async fn commit(&self, tx: Tx) -> StoreResult<()> {
                 self.tick(1);
-                tx.commit().await.map_err(db_error)
+                tx.commit().await.map_err(db_error)?;
+                self.committed();
+                Ok(())
             }
 
             /// Gives the pending changes their positions and writes them. Called last in every

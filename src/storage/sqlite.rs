@@ -23,6 +23,71 @@ pub struct SqliteStore {
     queries: Arc<AtomicU64>,
     /// Set when webhooks are configured: deliveries are written with the changes.
     outbox: std::sync::OnceLock<Arc<dyn crate::storage::Outbox>>,
+    /// Copies the WAL into the database file beside the writer.
+    checkpointer: Checkpointer,
+}
+
+/// Frames in the WAL at which the writer checkpoints by itself, if the `Checkpointer` has not
+/// kept up. SQLite's default is 1,000: the commit that passes it copies the WAL's pages into
+/// the database file and syncs it before the writer goes on (12% of the writer's time in an
+/// import, BENCHMARKS.md, 2026-11-24 session 15). A transaction of an import batch writes
+/// about 4,000 frames, so the limit is above a few of them.
+const WRITER_CHECKPOINT_FRAMES: u32 = 10_000;
+
+/// The least time between two checkpoints of the `Checkpointer`: the commits in between wait
+/// for the next one, so one copy of a page and one sync of the file serve several of them.
+/// Measured on sends at 16 (BENCHMARKS.md, session 15): 10 ms kept their throughput and
+/// lowered their p99, 25 ms raised the throughput 8-32% at the same p99, 100 ms more
+/// throughput but twice the p99 (a commit's sync waited behind a larger one of the file).
+const CHECKPOINT_GAP: Duration = Duration::from_millis(25);
+
+/// A connection of its own that copies committed pages from the WAL into the database file
+/// (`wal_checkpoint(PASSIVE)`, which blocks neither the writer nor a reader), woken by the
+/// writer's commits, so that the writer seldom does it itself. The WAL restarts from its
+/// beginning once all of it is copied. Stopped when the store drops.
+struct Checkpointer {
+    wake: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    async fn start(options: SqliteConnectOptions) -> anyhow::Result<Self> {
+        let mut conn = Some(options.connect().await?);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = wake.clone();
+        let task = tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                woken.notified().await;
+                let done = match &mut conn {
+                    Some(c) => sqlx::query("pragma wal_checkpoint(passive)")
+                        .execute(c)
+                        .await
+                        .map(drop),
+                    None => options.connect().await.map(|c| conn = Some(c)),
+                };
+                // Meanwhile the writer checkpoints by itself (`WRITER_CHECKPOINT_FRAMES`).
+                match done {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "SQLite WAL checkpoint failed; the writer checkpoints by itself");
+                        }
+                        failing = true;
+                        conn = None;
+                    }
+                }
+                tokio::time::sleep(CHECKPOINT_GAP).await;
+            }
+        });
+        Ok(Checkpointer { wake, task })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl SqliteStore {
@@ -65,11 +130,14 @@ impl SqliteStore {
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
-                    .pragma("cache_size", "-131072"),
+                    .pragma("cache_size", "-131072")
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_FRAMES.to_string()),
             )
             .await?;
+        let checkpointer = Checkpointer::start(base.clone()).await?;
         let store = SqliteStore {
             writer,
+            checkpointer,
             // A connection's thread hands each row to the request through a channel; at
             // sqlx's default of 50 rows, a page's 51st row (the page and one more) could wait
             // for the request to drain the channel, one more sleep and wake of that thread.
@@ -197,6 +265,11 @@ impl Drop for Reader<'_> {
 }
 
 impl SqliteStore {
+    /// After a commit of the writer: the `Checkpointer` copies its pages.
+    fn committed(&self) {
+        self.checkpointer.wake.notify_one();
+    }
+
     /// A read-only connection (`Readers`).
     async fn read(&self) -> crate::storage::StoreResult<Reader<'_>> {
         self.reader.get().await.map_err(crate::storage::db_error)

@@ -1084,3 +1084,41 @@ async fn ids_and_tags_sort_bytewise_on_both_backends() {
         assert_eq!(collation, "C", "{index} ({column})");
     }
 }
+
+/// SQLite: committed pages are copied from the WAL into the database file soon after each
+/// commit, by a connection beside the writer, not once the WAL holds thousands of frames (the
+/// writer's own limit). Read with `immutable`, which ignores the WAL, the file alone holds a
+/// message moments after it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_beside_the_writer() {
+    use sqlx::{ConnectOptions, Connection};
+    let url = fresh_database(Db::Sqlite).await;
+    let s = open_at(&url).await;
+    let g = group_of_two_messages(&s).await;
+    let path = url.trim_start_matches("sqlite://").to_owned();
+    let file_alone = || async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .immutable(true)
+            .connect()
+            .await
+            .unwrap();
+        // Before the first checkpoint the file has not even the schema.
+        let n: i64 = sqlx::query_scalar("select count(*) from messages where conversation_id = $1")
+            .bind(&g)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        conn.close().await.unwrap();
+        n
+    };
+    let mut n = 0;
+    for _ in 0..100 {
+        n = file_alone().await;
+        if n == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 2, "the messages reached the database file");
+}
