@@ -1006,8 +1006,9 @@ async fn postgres_connections_dropped_while_idle_are_replaced() {
 /// Ids and tags sort byte by byte on both backends, whatever collation the PostgreSQL database
 /// was created with: here ICU's en-US, under which `a` sorts before `B`. A group's member preview
 /// (the caller, then the first 19 of those who joined together, in user id order) is the same
-/// on both, and so are its tags; and every id, key and tag column an index holds compares with
-/// collation "C".
+/// on both; setting a group's tags to the ones it has changes nothing (the stored tags, read in
+/// the database's order, equal the requested ones sorted in Rust); and every id, key and tag
+/// column an index holds compares with collation "C".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_and_tags_sort_bytewise_on_both_backends() {
     use sqlx::Connection;
@@ -1066,6 +1067,22 @@ async fn ids_and_tags_sort_bytewise_on_both_backends() {
         let mut want = vec!["Zed"];
         want.extend(others[..19].iter().map(String::as_str));
         assert_eq!(members, want, "{db:?}: {got}");
+        // The same tags again, in another order: nothing to write, no update (a write would
+        // stamp a later updated_at).
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        app.put(
+            &format!("/v1/conversations/{id}/tags"),
+            &me,
+            json!({"tags": ["a", "A", "b", "B"]}),
+        )
+        .await
+        .expect(200);
+        let again = app
+            .get(&format!("/v1/conversations/{id}"), &me)
+            .await
+            .expect(200);
+        assert_eq!(again["updated_at"], got["updated_at"], "{db:?}: {again}");
+        assert_eq!(again["tags"], json!(["A", "B", "a", "b"]), "{db:?}");
     }
 
     let columns: Vec<(String, String, String)> = sqlx::query_as(
