@@ -539,6 +539,7 @@ macro_rules! sql_store {
                         .await?;
                 }
                 tx.commit().await?;
+                self.committed();
                 Ok(())
             }
 
@@ -1639,6 +1640,7 @@ macro_rules! sql_store {
                     .execute(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 sqlx::query_scalar("select value from settings where key = $1")
                     .bind(key)
                     .fetch_one(&self.writer)
@@ -1735,6 +1737,7 @@ macro_rules! sql_store {
                 .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
+                self.committed();
                 if done.rows_affected() == 0 {
                     return Err(StoreError::NotFound);
                 }
@@ -2799,6 +2802,7 @@ macro_rules! sql_store {
                     .execute(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 Ok(())
             }
 
@@ -2847,6 +2851,7 @@ macro_rules! sql_store {
                     .fetch_all(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 let mut out = rows.iter().map(delivery_from).collect::<Result<Vec<_>, _>>().map_err(db_error)?;
                 out.sort_by_key(|d| d.pos);
                 Ok(out)
@@ -2873,6 +2878,7 @@ macro_rules! sql_store {
                 .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
+                self.committed();
                 Ok(())
             }
 
@@ -2910,6 +2916,7 @@ macro_rules! sql_store {
                     .fetch_optional(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 match row {
                     Some(row) => delivery_from(&row).map_err(db_error),
                     None => {
@@ -3036,6 +3043,7 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_error)?
                 .rows_affected();
+                self.committed();
                 Ok(purged)
             }
 
@@ -3366,6 +3374,7 @@ macro_rules! sql_store {
                     .fetch_one(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 job_from(&row).map_err(db_error)
             }
 
@@ -3400,6 +3409,7 @@ macro_rules! sql_store {
                 .execute(&self.writer)
                 .await
                 .map_err(db_error)?;
+                self.committed();
                 Ok(())
             }
 
@@ -3411,6 +3421,7 @@ macro_rules! sql_store {
                     .execute(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 Ok(())
             }
 
@@ -3427,6 +3438,7 @@ macro_rules! sql_store {
                     .fetch_all(&self.writer)
                     .await
                     .map_err(db_error)?;
+                self.committed();
                 rows.iter().map(job_from).collect::<Result<_, _>>().map_err(db_error)
             }
 

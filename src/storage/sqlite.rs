@@ -31,20 +31,26 @@ pub struct SqliteStore {
 /// kept up. SQLite's default is 1,000: the commit that passes it copies the WAL's pages into
 /// the database file and syncs it before the writer goes on (12% of the writer's time in an
 /// import, BENCHMARKS.md, 2026-11-24 session 15). A transaction of an import batch writes
-/// about 4,000 frames, so the limit is above a few of them.
+/// about 4,000 frames, so the limit is above two of them.
 const WRITER_CHECKPOINT_FRAMES: u32 = 10_000;
+
+/// The size, in bytes, the WAL file is cut back to when it restarts from its beginning: an
+/// import's transactions grow it past `WRITER_CHECKPOINT_FRAMES` (72 MB measured), and without
+/// a limit the file keeps its largest size.
+const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The least time between two checkpoints of the `Checkpointer`: the commits in between wait
 /// for the next one, so one copy of a page and one sync of the file serve several of them.
-/// Measured on sends at 16 (BENCHMARKS.md, session 15): 10 ms kept their throughput and
-/// lowered their p99, 25 ms raised the throughput 8-32% at the same p99, 100 ms more
-/// throughput but twice the p99 (a commit's sync waited behind a larger one of the file).
+/// Measured on sends at 16 against the writer's own checkpoints (BENCHMARKS.md, session 15):
+/// at 10 ms the throughput about the same and a lower p99; at 25 ms 8-32% more throughput in
+/// two runs at the same p99; at 100 ms and 1 s twice the p99.
 const CHECKPOINT_GAP: Duration = Duration::from_millis(25);
 
 /// A connection of its own that copies committed pages from the WAL into the database file
 /// (`wal_checkpoint(PASSIVE)`, which blocks neither the writer nor a reader), woken by the
-/// writer's commits, so that the writer seldom does it itself. The WAL restarts from its
-/// beginning once all of it is copied. Stopped when the store drops.
+/// writer's commits, so that the writer does not do it after every 1,000 frames. The WAL
+/// restarts from its beginning at the first write after all of it is copied. Stopped when the
+/// store drops.
 struct Checkpointer {
     wake: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -59,16 +65,26 @@ impl Checkpointer {
             let mut failing = false;
             loop {
                 woken.notified().await;
-                let done = match &mut conn {
-                    Some(c) => sqlx::query("pragma wal_checkpoint(passive)")
+                // A connection lost to a failure is opened again first.
+                let done = async {
+                    let c = match &mut conn {
+                        Some(c) => c,
+                        None => conn.insert(options.connect().await?),
+                    };
+                    sqlx::query("pragma wal_checkpoint(passive)")
                         .execute(c)
                         .await
-                        .map(drop),
-                    None => options.connect().await.map(|c| conn = Some(c)),
-                };
+                        .map(drop)
+                }
+                .await;
                 // Meanwhile the writer checkpoints by itself (`WRITER_CHECKPOINT_FRAMES`).
                 match done {
-                    Ok(()) => failing = false,
+                    Ok(()) => {
+                        if failing {
+                            tracing::info!("SQLite WAL checkpoints beside the writer again");
+                        }
+                        failing = false;
+                    }
                     Err(e) => {
                         if !failing {
                             tracing::warn!(error = %e, "SQLite WAL checkpoint failed; the writer checkpoints by itself");
@@ -131,7 +147,8 @@ impl SqliteStore {
                 base.clone()
                     .create_if_missing(true)
                     .pragma("cache_size", "-131072")
-                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_FRAMES.to_string()),
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_FRAMES.to_string())
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
             )
             .await?;
         let checkpointer = Checkpointer::start(base.clone()).await?;
@@ -265,7 +282,9 @@ impl Drop for Reader<'_> {
 }
 
 impl SqliteStore {
-    /// After a commit of the writer: the `Checkpointer` copies its pages.
+    /// After a commit of the writer, `commit`'s or a statement's own outside a transaction:
+    /// the `Checkpointer` copies its pages. A write that does not call it is copied with the
+    /// next one that does, or by the writer past `WRITER_CHECKPOINT_FRAMES`.
     fn committed(&self) {
         self.checkpointer.wake.notify_one();
     }
