@@ -11,9 +11,10 @@
 # steady drift of the machine does not favour one), SCENARIOS (healthz,sync_idle,page_before,
 # inbox), CONCURRENCY (16), PORT (18600). The database (the small dataset of
 # scripts/bench-run.sh) is seeded once per backend and kept: /tmp/confab-ab.db or the database
-# confab_ab; `rm /tmp/confab-ab.*-seeded` to seed again. DB_PER_BUILD=1 gives each build its
+# confab_ab; `rm /tmp/confab-ab*-seeded` to seed again. DB_PER_BUILD=1 gives each build its
 # own database, seeded by it (/tmp/confab-ab-K.db or confab_ab_K, K its place in the list), for
-# builds whose migrations differ. Needs perf and bc; build first (cargo build --release: its
+# builds whose migrations differ; the databases go by place, so seed again when the list
+# changes. Needs perf and bc; build first (cargo build --release: its
 # confab-bench drives the load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
