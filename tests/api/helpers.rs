@@ -32,19 +32,26 @@ pub async fn fresh_database(db: Db) -> String {
             let path = std::env::temp_dir().join(format!("{name}.db"));
             format!("sqlite://{}", path.display())
         }
-        Db::Postgres => {
-            let admin = pg_admin_url();
-            let mut conn = sqlx::PgConnection::connect(&admin)
-                .await
-                .expect("PostgreSQL must be running for the tests (see README)");
-            sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-                .execute(&mut conn)
-                .await
-                .expect("create test database");
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            format!("{base}/{name}")
-        }
+        Db::Postgres => fresh_postgres_database_with("").await,
     }
+}
+
+/// A URL to a new, empty PostgreSQL database created with `options` (what may follow
+/// `create database NAME`, such as a template and a locale).
+pub async fn fresh_postgres_database_with(options: &str) -> String {
+    let name = format!("confab_t_{}", uuid::Uuid::now_v7().simple());
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL must be running for the tests (see README)");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "create database {name} {options}"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
 }
 
 pub fn test_config(database_url: &str) -> Config {

@@ -1012,19 +1012,10 @@ async fn postgres_connections_dropped_while_idle_are_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_and_tags_sort_bytewise_on_both_backends() {
     use sqlx::Connection;
-    let admin_url = crate::helpers::pg_admin_url();
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    let name = format!("confab_t_icu_{}", uuid::Uuid::now_v7().simple());
-    let sql = format!(
-        "create database {name} template template0 locale_provider icu icu_locale 'en-US' \
-         locale 'C.UTF-8'"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap();
-    let pg_url = format!("{base}/{name}");
+    let pg_url = crate::helpers::fresh_postgres_database_with(
+        "template template0 locale_provider icu icu_locale 'en-US' locale 'C.UTF-8'",
+    )
+    .await;
     // The database's own order is en-US's, so the "C" below is the schema's doing.
     let mut conn = sqlx::PgConnection::connect(&pg_url).await.unwrap();
     let own: Vec<String> =
