@@ -1276,15 +1276,9 @@ macro_rules! sql_store {
                             self.renumber(&mut tx, conv, &msgs).await?
                         };
                     let mut first_unread: Option<i64> = None;
-                    let mut last_row = 0;
-                    let mut last_created = 0;
                     for (m, seq) in msgs.iter().zip(seqs) {
                         if m.unread {
                             first_unread = Some(first_unread.map_or(seq, |f: i64| f.min(seq)));
-                        }
-                        if m.created_at >= last_created {
-                            last_created = m.created_at;
-                            last_row = rows.len();
                         }
                         rows.push(ImportRow {
                             id: new_id(),
@@ -1300,6 +1294,14 @@ macro_rules! sql_store {
                             created_at: m.created_at,
                         });
                     }
+                    // `msgs` is in (created_at, line) order: its last is the newest (of equal
+                    // times, the last in the file), and the last row pushed. A time before 1970
+                    // is negative, so nothing is compared with a zero here.
+                    let (Some(newest), Some(last_row)) = (msgs.last(), rows.last()) else {
+                        continue;
+                    };
+                    let last_created = newest.created_at;
+                    let last_id = last_row.id.clone();
                     let read_to = first_unread.map_or(new_last, |s| s - 1);
                     // After a renumber, read positions were remapped to their messages; moving
                     // them by the old end could mark unread messages read, so they stay.
@@ -1309,7 +1311,7 @@ macro_rules! sql_store {
                         old_last,
                         new_last,
                         read_to,
-                        last_id: rows[last_row].id.clone(),
+                        last_id,
                         last_at: last_created,
                         first_at: msgs[0].created_at,
                         n: msgs.len(),

@@ -16,7 +16,8 @@ both!(
     import_two_external_ids_of_one_pair,
     import_keeps_the_first_importable_of_a_repeated_external_id,
     import_batch_larger_than_one_transaction,
-    import_batch_counts_conversations_double_on_sqlite
+    import_batch_counts_conversations_double_on_sqlite,
+    import_before_1970_keeps_each_conversation_its_last_message
 );
 
 /// After a large import PostgreSQL's statistics are fresh (its autovacuum may analyze much
@@ -798,4 +799,62 @@ async fn import_keeps_the_first_importable_of_a_repeated_external_id(db: Db) {
     let id = only_conversation(&app, &b).await;
     let page = messages(&app, &id, &b).await;
     assert_eq!(seq_texts(&page), [(1, "x"), (2, "first y")]);
+}
+
+/// Times before 1970 are negative: a conversation whose imported messages are all that old
+/// still gets its own newest message as its last one, not another conversation's written in
+/// the same transaction.
+async fn import_before_1970_keeps_each_conversation_its_last_message(db: Db) {
+    let app = spawn_app(db).await;
+    let lines = [
+        json!({"record": "conversation", "external_id": "a-recent", "type": "group", "member_ids": ["ann", "bob"], "name": "recent"}),
+        json!({"record": "conversation", "external_id": "b-old", "type": "group", "member_ids": ["ann", "cat"], "name": "old"}),
+        json!({"record": "message", "conversation_external_id": "a-recent", "external_id": "r1", "sender_id": "ann", "text": "recent one", "created_at": "2020-01-01T00:00:00.000Z"}),
+        json!({"record": "message", "conversation_external_id": "a-recent", "external_id": "r2", "sender_id": "bob", "text": "recent two", "created_at": "2020-01-01T00:00:01.000Z"}),
+        json!({"record": "message", "conversation_external_id": "b-old", "external_id": "o1", "sender_id": "cat", "text": "old one", "created_at": "1965-05-01T00:00:00.000Z"}),
+        json!({"record": "message", "conversation_external_id": "b-old", "external_id": "o2", "sender_id": "ann", "text": "old two", "created_at": "1965-05-02T00:00:00.000Z"}),
+    ]
+    .map(|l| l.to_string())
+    .join("\n");
+    let done = app.import_ndjson(lines).await;
+    assert_eq!(counts(done.last().unwrap()), (Some(2), Some(4), Some(0)));
+    let list = app
+        .get("/v1/conversations", &app.user("ann"))
+        .await
+        .expect(200);
+    let mut last: Vec<(String, String, String, i64)> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["last_message"]["text"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_owned(),
+                c["last_message_at"].as_str().unwrap_or("none").to_owned(),
+                c["last_seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    last.sort();
+    assert_eq!(
+        last,
+        [
+            (
+                "old".into(),
+                "old two".into(),
+                "1965-05-02T00:00:00.000Z".into(),
+                2
+            ),
+            (
+                "recent".into(),
+                "recent two".into(),
+                "2020-01-01T00:00:01.000Z".into(),
+                2
+            ),
+        ],
+        "{list}"
+    );
 }
