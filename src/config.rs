@@ -28,6 +28,9 @@ pub struct Config {
     /// against per-batch overhead. Default 200,000 on SQLite (where a user or conversation
     /// record counts as two), 100,000 on PostgreSQL (`crate::import::default_batch`).
     pub import_batch: usize,
+    /// Imports and Messenger syncs running at once (`CONFAB_IMPORT_JOBS`, an extension): a
+    /// `POST /v1/import` over it is refused (429 with `Retry-After`), a Messenger job waits.
+    pub import_jobs: usize,
     /// Tasks committing write batches (`CONFAB_WRITE_WORKERS`, an extension); `None`: 1 on
     /// SQLite (one writer), 2 on PostgreSQL (one batch runs while the previous commits).
     pub write_workers: Option<usize>,
@@ -225,6 +228,14 @@ impl Config {
                 .filter(|n| (1..=1_000_000).contains(n))
                 .ok_or_else(|| bad("CONFAB_IMPORT_BATCH", "must be a number from 1 to 1000000"))?,
         };
+        let import_jobs = match get("CONFAB_IMPORT_JOBS") {
+            None => DEFAULT_IMPORT_JOBS,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| bad("CONFAB_IMPORT_JOBS", "must be a number from 1 to 64"))?,
+        };
         let write_workers = match get("CONFAB_WRITE_WORKERS") {
             None => None,
             Some(v) => Some(
@@ -334,10 +345,15 @@ impl Config {
             rate_limit_per_ip,
             max_batch,
             import_batch,
+            import_jobs,
             write_workers,
         })
     }
 }
+
+/// Imports and Messenger syncs at once by default: on 2 cores two of them already keep the
+/// database busy, and live traffic goes between their batches.
+pub const DEFAULT_IMPORT_JOBS: usize = 2;
 
 /// `500ms`, `5s`, `5m`, `2h`, `1d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -416,6 +432,7 @@ mod tests {
         assert_eq!(c.import_batch, 200_000, "SQLite's");
         let pg = with(&[("CONFAB_DATABASE_URL", "postgres://127.0.0.1/x")]).unwrap();
         assert_eq!(pg.import_batch, 100_000);
+        assert_eq!(c.import_jobs, 2);
         assert_eq!(
             c.rate_limit_per_user,
             Some(RateLimit {
@@ -436,6 +453,7 @@ mod tests {
             ("CONFAB_RETENTION_DAYS", "-1"),
             ("CONFAB_WEBHOOK_SECRET", "nope"),
             ("CONFAB_IMPORT_BATCH", "0"),
+            ("CONFAB_IMPORT_JOBS", "0"),
         ] {
             let e = with(&[(var, val)]).unwrap_err();
             assert_eq!(e.var, var);

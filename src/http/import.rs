@@ -20,6 +20,10 @@ pub fn router() -> Router<AppState> {
     )
 }
 
+/// `Retry-After` of an import refused because `CONFAB_IMPORT_JOBS` imports and Messenger syncs
+/// are running.
+const IMPORT_RETRY_AFTER_SECS: u64 = 10;
+
 /// `POST /v1/import` (server token), `Content-Type: application/x-ndjson`.
 #[utoipa::path(
     post,
@@ -34,13 +38,17 @@ pub fn router() -> Router<AppState> {
         Idempotent on ids and external ids; existing users are left as they are. Imported messages count \
         as read unless `unread: true` (extension). The body is not size-limited. The response streams \
         NDJSON: `{\"line\": n, \"error\": {...}}` for each bad line, `{\"progress\": {...}}` after each \
-        batch, and last `{\"done\": true, \"users\", \"conversations\", \"messages\", \"errors\", \"lines\", \"bytes\"}`.",
+        batch, and last `{\"done\": true, \"users\", \"conversations\", \"messages\", \"errors\", \"lines\", \"bytes\"}`; \
+        if the database fails midway the last line is `{\"done\": false, \"error\": {\"code\", \"message\"}}` \
+        instead (extension: what was committed before stays, and importing the file again skips it). \
+        At most `CONFAB_IMPORT_JOBS` (default 2) imports and Messenger syncs run at once: an import over \
+        that is refused with 429 and `Retry-After` (extension).",
     request_body(content = String, content_type = "application/x-ndjson"),
     responses(
         (status = 200, description = "NDJSON progress, bad lines and the summary", content_type = "application/x-ndjson", body = String),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
-        (status = 429, description = "`rate_limited`", body = super::openapi::Error),
+        (status = 429, description = "`rate_limited`: over the caller's rate limit, or `CONFAB_IMPORT_JOBS` imports and syncs are running; `Retry-After` is set", body = super::openapi::Error),
         (status = 503, description = "`unavailable`", body = super::openapi::Error),
     ),
     security(("bearer_jwt" = []))
@@ -51,13 +59,18 @@ async fn import(
     req: Request,
 ) -> ApiResult<Response> {
     caller.require_server()?;
-    // A bounded number of imports at once: they yield between batches, and they queue here.
-    let permit = state
-        .import_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::Unavailable)?;
+    // A bounded number of imports at once (they yield between batches). One over the limit is
+    // refused at once rather than held: its client would wait with no answer for as long as
+    // another import runs (minutes for a large file), and can send its body again later.
+    let permit = match state.import_slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(tokio::sync::TryAcquireError::NoPermits) => {
+            return Err(ApiError::RateLimited {
+                retry_after: IMPORT_RETRY_AFTER_SECS,
+            });
+        }
+        Err(tokio::sync::TryAcquireError::Closed) => return Err(ApiError::Unavailable),
+    };
     let body = req.into_body().into_data_stream();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {

@@ -72,7 +72,7 @@ pub struct AppShared {
     pub presence: Arc<Presence>,
     /// The realtime hub, once started (weak: the hub holds this state).
     pub realtime: Arc<OnceLock<Weak<Hub>>>,
-    /// Imports and source jobs running at once.
+    /// Imports and source jobs running at once (`CONFAB_IMPORT_JOBS`).
     pub import_slots: Arc<tokio::sync::Semaphore>,
     /// Users recently seen active, so a request's auth needs no query (see `user_state`).
     active_users: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
@@ -105,6 +105,7 @@ impl AppState {
         database_id: String,
         presence: Arc<Presence>,
     ) -> Self {
+        let import_slots = Arc::new(tokio::sync::Semaphore::new(config.import_jobs));
         AppState(Arc::new(AppShared {
             store,
             writes,
@@ -117,7 +118,7 @@ impl AppState {
             database_id: database_id.into(),
             presence,
             realtime: Arc::default(),
-            import_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            import_slots,
             active_users: Default::default(),
             db_down: Default::default(),
             db_probing: Default::default(),

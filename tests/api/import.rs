@@ -858,3 +858,75 @@ async fn import_before_1970_keeps_each_conversation_its_last_message(db: Db) {
         "{list}"
     );
 }
+
+/// `CONFAB_IMPORT_JOBS` imports at once: one more is refused at once with 429 and
+/// `Retry-After` (not held without an answer while another import runs), and is accepted once
+/// the running one has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_over_the_limit_are_refused_until_one_ends() {
+    let mut config = test_config(&fresh_database(Db::Sqlite).await);
+    config.import_jobs = 1;
+    let app = spawn_app_with(Db::Sqlite, config).await;
+    let user = |id: &str| format!("{}\n", json!({"record": "user", "id": id}));
+    // The first import's body stays open until the second has been answered.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
+    tx.send(Ok(user("first"))).unwrap();
+    let body = futures_util::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    });
+    let first = app
+        .client
+        .post(format!("{}/v1/import", app.base))
+        .bearer_auth(app.server())
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 200, "its response starts at once");
+    let refused = app
+        .client
+        .post(format!("{}/v1/import", app.base))
+        .bearer_auth(app.server())
+        .header("content-type", "application/x-ndjson")
+        .body(user("second"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.headers()["retry-after"], "10");
+    let err: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "rate_limited", "{err}");
+    tx.send(Ok(user("first-b"))).unwrap();
+    drop(tx);
+    let out = first.text().await.unwrap();
+    let done: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (&done["done"], &done["users"]),
+        (&json!(true), &json!(2)),
+        "{out}"
+    );
+    // The slot is free again (released as the first import's task ends, just after its
+    // summary).
+    let mut accepted = None;
+    for _ in 0..50 {
+        let res = app
+            .client
+            .post(format!("{}/v1/import", app.base))
+            .bearer_auth(app.server())
+            .header("content-type", "application/x-ndjson")
+            .body(user("second"))
+            .send()
+            .await
+            .unwrap();
+        if res.status().as_u16() == 200 {
+            accepted = Some(res.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let accepted = accepted.expect("accepted once the first import ended");
+    assert!(accepted.contains(r#""done":true"#), "{accepted}");
+    app.get("/v1/users/second", &app.server()).await.expect(200);
+}
