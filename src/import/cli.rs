@@ -128,7 +128,7 @@ pub async fn to_server(file: &Path, url: &str, token: &str) -> anyhow::Result<St
     }
     let mut body = res.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
-    let mut last = String::new();
+    let mut last = serde_json::Value::Null;
     while let Some(chunk) = body.next().await {
         buf.extend_from_slice(&chunk?);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
@@ -140,11 +140,72 @@ pub async fn to_server(file: &Path, url: &str, token: &str) -> anyhow::Result<St
             } else if v.get("line").is_some() {
                 eprintln!("\rline {}: {}", v["line"], v["error"]);
             } else {
-                last = v.to_string();
+                if v.get("done") == Some(&serde_json::Value::Bool(true)) {
+                    let c: Counts = serde_json::from_value(v.clone()).unwrap_or_default();
+                    progress.show(&c, true);
+                }
+                last = v;
             }
         }
     }
     eprintln!();
-    let _ = started;
-    Ok(last)
+    server_summary(last, started)
+}
+
+/// The last line of a server's import response as this command's summary, or the error it
+/// reports: `{"done": false, "error": {...}}` when the server stopped the import (what it
+/// committed before stays), nothing when the response broke off.
+fn server_summary(last: serde_json::Value, started: Instant) -> anyhow::Result<String> {
+    match last.get("done").and_then(serde_json::Value::as_bool) {
+        Some(true) => {
+            let counts: Counts = serde_json::from_value(last.clone()).unwrap_or_default();
+            Ok(summary(&counts, started))
+        }
+        Some(false) => anyhow::bail!(
+            "the server stopped the import: {} (what it committed before stays; importing the \
+             file again skips it)",
+            last["error"]
+        ),
+        None => anyhow::bail!("the server's response ended without a summary: {last}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_last_line_is_the_summary_or_the_error() {
+        let done = serde_json::json!({"done": true, "users": 2, "conversations": 1,
+            "messages": 7, "errors": 1, "lines": 11, "bytes": 900});
+        let s: serde_json::Value =
+            serde_json::from_str(&server_summary(done, Instant::now()).unwrap()).unwrap();
+        assert_eq!(
+            (
+                &s["done"],
+                &s["users"],
+                &s["messages"],
+                &s["errors"],
+                &s["bytes"]
+            ),
+            (
+                &serde_json::json!(true),
+                &serde_json::json!(2),
+                &serde_json::json!(7),
+                &serde_json::json!(1),
+                &serde_json::json!(900)
+            )
+        );
+        assert!(s["seconds"].is_number(), "{s}");
+        let stopped = serde_json::json!({"done": false,
+            "error": {"code": "unavailable", "message": "the database is unavailable"}});
+        let e = server_summary(stopped, Instant::now())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the database is unavailable"), "{e}");
+        let e = server_summary(serde_json::Value::Null, Instant::now())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without a summary"), "{e}");
+    }
 }
