@@ -22,12 +22,33 @@ pub const KIND: &str = "messenger";
 const CONCURRENCY: usize = 32;
 /// Graph's rate-limit error codes, retried with backoff.
 const RATE_LIMITED: [i64; 4] = [4, 17, 32, 613];
+/// Graph's temporary errors (1 "An unknown error occurred", 2 "Service temporarily
+/// unavailable"), retried as rate limits are.
+const TEMPORARY: [i64; 2] = [1, 2];
+/// Attempts of one Graph request before its error fails the job.
+const ATTEMPTS: u32 = 6;
+/// `code` of an error that is not Graph's: Graph unreachable, an answer that is not Graph's
+/// wire format, or the database.
+const NOT_GRAPH: i64 = -1;
 
-/// Graph's error object: `{"error": {"message", "type", "code", "fbtrace_id"}}`.
+/// Graph's error object: `{"error": {"message", "type", "code", "fbtrace_id", "is_transient"?}}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GraphError {
     pub message: String,
     pub code: i64,
+    /// Graph's own hint that the same request may succeed later.
+    #[serde(default)]
+    pub is_transient: bool,
+}
+
+impl GraphError {
+    fn not_graph(message: String) -> Self {
+        GraphError {
+            message,
+            code: NOT_GRAPH,
+            is_transient: false,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -77,6 +98,67 @@ struct GraphMessage {
     message: Option<String>,
     from: Option<Participant>,
     created_time: String,
+    /// Files, images, videos and audio: `{"data": [...], "paging": ...}`.
+    attachments: Option<GraphAttachments>,
+    /// A sticker's image URL.
+    sticker: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GraphAttachments {
+    data: Vec<GraphAttachment>,
+}
+
+/// One of a message's `attachments`: Graph gives a file's URL as `file_url`, an image's and a
+/// video's in `image_data` / `video_data` (with a `preview_url`).
+#[derive(Deserialize)]
+struct GraphAttachment {
+    id: Option<String>,
+    mime_type: Option<String>,
+    name: Option<String>,
+    size: Option<i64>,
+    file_url: Option<String>,
+    image_data: Option<GraphMedia>,
+    video_data: Option<GraphMedia>,
+}
+
+#[derive(Deserialize)]
+struct GraphMedia {
+    url: Option<String>,
+    preview_url: Option<String>,
+}
+
+impl GraphMessage {
+    /// Its attachments and sticker as Confab attachments (`key` `messenger:{attachment id}`,
+    /// or `messenger:sticker:{message id}`), at most the contract's ten.
+    fn confab_attachments(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        for (i, a) in self.attachments.iter().flat_map(|a| &a.data).enumerate() {
+            let media = a.image_data.as_ref().or(a.video_data.as_ref());
+            let key = match &a.id {
+                Some(id) => format!("messenger:{id}"),
+                None => format!("messenger:{}:{i}", self.id),
+            };
+            out.push(json!({
+                "key": key,
+                "file_name": a.name,
+                "size": a.size,
+                "mime_type": a.mime_type,
+                "thumbnail_key": null,
+                "url": media.and_then(|m| m.url.clone()).or_else(|| a.file_url.clone()),
+                "thumbnail_url": media.and_then(|m| m.preview_url.clone()),
+            }));
+        }
+        if let Some(url) = &self.sticker {
+            out.push(json!({
+                "key": format!("messenger:sticker:{}", self.id),
+                "file_name": null, "size": null, "mime_type": null, "thumbnail_key": null,
+                "url": url, "sticker": true,
+            }));
+        }
+        out.truncate(crate::domain::MAX_ATTACHMENTS);
+        out
+    }
 }
 
 struct Graph {
@@ -86,8 +168,9 @@ struct Graph {
 }
 
 impl Graph {
-    /// GET `url` (relative to the base, or Graph's absolute `paging.next`), retrying rate
-    /// limits with backoff; Graph's error object otherwise.
+    /// GET `url` (relative to the base, or Graph's absolute `paging.next`), retrying with
+    /// backoff what may pass (rate limits, Graph's temporary errors, an HTTP 5xx, Graph out of
+    /// reach), [`ATTEMPTS`] times in all; Graph's error object otherwise.
     async fn get<T: for<'de> Deserialize<'de>>(
         &self,
         url: &str,
@@ -105,29 +188,41 @@ impl Graph {
             if !url.contains("access_token=") {
                 req = req.query(&[("access_token", self.token.as_str())]);
             }
-            let res = req.send().await.map_err(|e| GraphError {
-                message: format!("Graph API unreachable: {e}"),
-                code: -1,
-            })?;
-            let status = res.status();
-            let bytes = res.bytes().await.map_err(|e| GraphError {
-                message: format!("Graph API read failed: {e}"),
-                code: -1,
-            })?;
-            if status.is_success() {
-                return serde_json::from_slice(&bytes).map_err(|e| GraphError {
-                    message: format!("unexpected Graph API response: {e}"),
-                    code: -1,
-                });
-            }
-            let err = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| b.error)
-                .unwrap_or(GraphError {
-                    message: format!("Graph API answered HTTP {status}"),
-                    code: -1,
-                });
-            if RATE_LIMITED.contains(&err.code) && attempt < 6 {
-                tracing::info!(code = err.code, ?backoff, "Graph rate limit; backing off");
+            let (err, may_pass) = match req.send().await {
+                Err(e) => (
+                    GraphError::not_graph(format!("Graph API unreachable: {e}")),
+                    true,
+                ),
+                Ok(res) => {
+                    let status = res.status();
+                    match res.bytes().await {
+                        Err(e) => (
+                            GraphError::not_graph(format!("Graph API read failed: {e}")),
+                            true,
+                        ),
+                        Ok(bytes) if status.is_success() => {
+                            return serde_json::from_slice(&bytes).map_err(|e| {
+                                GraphError::not_graph(format!("unexpected Graph API response: {e}"))
+                            });
+                        }
+                        Ok(bytes) => match serde_json::from_slice::<ErrorBody>(&bytes) {
+                            Ok(b) => {
+                                let e = b.error;
+                                let may_pass = RATE_LIMITED.contains(&e.code)
+                                    || TEMPORARY.contains(&e.code)
+                                    || e.is_transient;
+                                (e, may_pass)
+                            }
+                            Err(_) => (
+                                GraphError::not_graph(format!("Graph API answered HTTP {status}")),
+                                status.is_server_error(),
+                            ),
+                        },
+                    }
+                }
+            };
+            if may_pass && attempt + 1 < ATTEMPTS {
+                tracing::info!(code = err.code, error = %err.message, ?backoff, "Graph request failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
@@ -144,7 +239,10 @@ impl Graph {
             .get(
                 &format!("{conversation}/messages"),
                 &[
-                    ("fields", "id,message,from,to,created_time"),
+                    (
+                        "fields",
+                        "id,message,from,to,created_time,attachments,sticker",
+                    ),
                     ("limit", "100"),
                 ],
             )
@@ -296,22 +394,32 @@ async fn pages(
                 let Some(created_at) = graph_time(&m.created_time) else {
                     continue;
                 };
+                let attachments = m.confab_attachments();
                 let sender = m.from.map(|f| f.id);
                 let text = m.message.filter(|t| !t.is_empty());
+                // A regular message has a sender and content. Anything else Graph lists (a
+                // message with neither text nor a file we can name) is kept as a system
+                // message, which has no sender: Graph's is kept in `custom`.
+                let regular = sender.is_some() && (text.is_some() || !attachments.is_empty());
+                let (kind, sender_id, custom) = if regular {
+                    ("regular", sender, json!({}))
+                } else {
+                    let custom = match sender {
+                        Some(s) => json!({ "messenger_sender_id": s }),
+                        None => json!({}),
+                    };
+                    ("system", None, custom)
+                };
                 batch.messages.push(ImportMessage {
                     line: 0,
                     conversation_external_id: external_id.clone(),
                     external_id: m.id,
-                    kind: if sender.is_some() && text.is_some() {
-                        "regular".into()
-                    } else {
-                        "system".into()
-                    },
-                    sender_id: sender,
+                    kind: kind.into(),
+                    sender_id,
                     text,
                     encrypted: None,
-                    attachments: json!([]),
-                    custom: json!({}),
+                    attachments: Value::Array(attachments),
+                    custom,
                     created_at,
                     unread: false,
                 });
@@ -365,10 +473,7 @@ async fn record_page(
     lease: i64,
     w: Written,
 ) -> Result<(), GraphError> {
-    let database = |e: String| GraphError {
-        message: format!("database: {e}"),
-        code: -1,
-    };
+    let database = |e: String| GraphError::not_graph(format!("database: {e}"));
     let upserted = w
         .task
         .await

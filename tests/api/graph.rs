@@ -18,8 +18,12 @@ pub const TOKEN: &str = "EAAG-valid-page-token";
 pub struct Fake {
     /// Conversations: (thread id, customer id, customer name, message count).
     threads: Vec<(String, String, String, usize)>,
-    /// Rate-limit errors (code 4) to answer before serving normally.
+    /// Rate-limit errors to answer to message requests before serving them normally, Graph's
+    /// four codes in turn (4, 17, 32, 613).
     pub rate_limits: AtomicU32,
+    /// Temporary failures to answer to message requests next, in turn: Graph's code 2 (HTTP
+    /// 500, `is_transient`) and a bare HTTP 503 that is not Graph's error object.
+    pub temporary: AtomicU32,
     /// Delay per request (to kill a server mid-job).
     pub delay_ms: AtomicU64,
     pub requests: AtomicU64,
@@ -60,6 +64,7 @@ impl Fake {
         let fake = Arc::new(Fake {
             threads,
             rate_limits: AtomicU32::new(0),
+            temporary: AtomicU32::new(0),
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             served: Mutex::new(HashMap::new()),
@@ -79,7 +84,7 @@ impl Fake {
         (fake, base)
     }
 
-    /// Checks token and rate limit; `Some` is the error to answer.
+    /// Checks the token (after the delay); `Some` is the error to answer.
     async fn gate(&self, q: &HashMap<String, String>) -> Option<Response> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let delay = self.delay_ms.load(Ordering::SeqCst);
@@ -94,17 +99,52 @@ impl Fake {
                 "OAuthException",
             ));
         }
-        if self
+        None
+    }
+
+    /// The next rate-limit or temporary error to answer, if any are left. Only message
+    /// requests get them: those run many at once, so each failed one is retried once after
+    /// the job's first backoff, not one request through a growing backoff.
+    fn failure(&self) -> Option<Response> {
+        if let Ok(left) = self
             .rate_limits
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
         {
+            let (code, message) = [
+                (4, "(#4) Application request limit reached"),
+                (17, "(#17) User request limit reached"),
+                (32, "(#32) Page request limit reached"),
+                (
+                    613,
+                    "(#613) Calls to this api have exceeded the rate limit.",
+                ),
+            ][left as usize % 4];
             return Some(graph_error(
                 StatusCode::FORBIDDEN,
-                4,
-                "(#4) Application request limit reached",
+                code,
+                message,
                 "OAuthException",
             ));
+        }
+        if let Ok(left) = self
+            .temporary
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        {
+            if left % 2 == 0 {
+                return Some(
+                    (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response(),
+                );
+            }
+            return Some(
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"error": {
+                        "message": "An unexpected error has occurred. Please retry your request later.",
+                        "type": "OAuthException", "is_transient": true, "code": 2,
+                        "fbtrace_id": "AbCdEf123"}})),
+                )
+                    .into_response(),
+            );
         }
         None
     }
@@ -215,7 +255,7 @@ async fn messages(
     Path(node): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(e) = f.gate(&q).await {
+    if let Some(e) = f.gate(&q).await.or_else(|| f.failure()) {
         return e;
     }
     let Some((_, customer, name, count)) = f.threads.iter().find(|t| t.0 == node).cloned() else {
@@ -244,13 +284,36 @@ async fn messages(
             } else {
                 (PAGE.to_owned(), "Salt Academy".to_owned())
             };
-            json!({
+            let mut m = json!({
                 "id": format!("m_{node}_{i}"),
                 "message": format!("message {i} of {node}"),
                 "from": {"name": from_name, "email": format!("{from}@facebook.com"), "id": from},
                 "to": {"data": [{"name": "x", "id": "y"}]},
                 "created_time": time(i),
-            })
+            });
+            // As Graph sends a photo, a sticker, and a message with neither text nor a file:
+            // `message` empty.
+            match i % 5 {
+                2 => {
+                    m["message"] = json!("");
+                    m["attachments"] = json!({"data": [{
+                        "id": format!("att_{node}_{i}"), "mime_type": "image/jpeg",
+                        "name": format!("photo_{i}.jpg"), "size": 20480,
+                        "image_data": {"width": 640, "height": 480,
+                            "url": format!("https://scontent.example/{node}/{i}.jpg"),
+                            "preview_url": format!("https://scontent.example/{node}/{i}_s.jpg")},
+                    }], "paging": {"cursors": {"before": "QQ==", "after": "QQ=="}}});
+                }
+                3 => {
+                    m["message"] = json!("");
+                    m["sticker"] = json!(format!("https://scontent.example/sticker/{i}.png"));
+                }
+                4 if i % 10 == 9 => {
+                    m["message"] = json!("");
+                }
+                _ => {}
+            }
+            m
         })
         .collect();
     axum::Json(f.page(&format!("{node}/messages"), items, offset, limit, count, &q)).into_response()

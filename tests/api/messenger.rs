@@ -61,7 +61,9 @@ async fn events(app: &TestApp, job: &str) -> Vec<Value> {
 
 async fn sync_pages_conversations_and_messages(db: Db) {
     let (fake, graph) = Fake::start(260, 3).await;
-    fake.rate_limits.store(3, Ordering::SeqCst);
+    // Each of Graph's rate-limit codes once, then its temporary errors: all retried.
+    fake.rate_limits.store(4, Ordering::SeqCst);
+    fake.temporary.store(2, Ordering::SeqCst);
     let app = app(db, &graph).await;
     let started = std::time::Instant::now();
     let job = start(&app, TOKEN).await;
@@ -79,6 +81,14 @@ async fn sync_pages_conversations_and_messages(db: Db) {
     assert!(
         ev.len() >= 2,
         "the current state first, then progress: {ev:?}"
+    );
+    assert_eq!(
+        (
+            fake.rate_limits.load(Ordering::SeqCst),
+            fake.temporary.load(Ordering::SeqCst)
+        ),
+        (0, 0),
+        "every error was answered, and the job still read everything"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     let j = app
@@ -138,19 +148,36 @@ async fn sync_pages_conversations_and_messages(db: Db) {
         .map(|m| m["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(seqs, [1, 2, 3]);
-    let texts: Vec<&str> = msgs["messages"]
+    let thread = c["custom"]["messenger_thread_id"].as_str().unwrap();
+    let customer_id = customer["user_id"].as_str().unwrap();
+    let shown: Vec<Value> = msgs["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["text"].as_str().unwrap())
+        .map(|m| json!([m["type"], m["sender_id"], m["text"]]))
         .collect();
-    assert!(
-        texts[0].starts_with("message 0 of"),
-        "oldest first by created_time: {texts:?}"
+    assert_eq!(
+        shown,
+        [
+            json!(["regular", customer_id, format!("message 0 of {thread}")]),
+            json!(["regular", PAGE, format!("message 1 of {thread}")]),
+            // A photo without text: a regular message with the photo as its attachment.
+            json!(["regular", customer_id, null]),
+        ],
+        "oldest first by created_time"
     );
     assert_eq!(
         msgs["messages"][0]["created_at"],
         "2023-11-14T22:13:20.000Z"
+    );
+    assert_eq!(
+        msgs["messages"][2]["attachments"],
+        json!([{
+            "key": format!("messenger:att_{thread}_2"), "file_name": "photo_2.jpg",
+            "size": 20480, "mime_type": "image/jpeg", "thumbnail_key": null,
+            "url": format!("https://scontent.example/{thread}/2.jpg"),
+            "thumbnail_url": format!("https://scontent.example/{thread}/2_s.jpg"),
+        }])
     );
 
     // A re-run reads everything again and writes nothing.
@@ -179,6 +206,51 @@ async fn sync_pages_conversations_and_messages(db: Db) {
     let job = start(&app2, TOKEN).await;
     assert_eq!(events(&app2, &job).await.last().unwrap()["messages"], 300);
     assert_eq!(fake2.served.lock().unwrap().get("t_0"), Some(&2));
+    // A sticker is an attachment; a message with no content a system message, which has no
+    // sender (Graph's is kept in `custom`).
+    let list = app2
+        .get("/v1/conversations", &app2.user(PAGE))
+        .await
+        .expect(200);
+    let t0 = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["custom"]["messenger_thread_id"] == "t_0")
+        .unwrap();
+    let first = app2
+        .get(
+            &format!(
+                "/v1/conversations/{}/messages?after_seq=0&limit=10",
+                t0["id"].as_str().unwrap()
+            ),
+            &app2.user(PAGE),
+        )
+        .await
+        .expect(200);
+    let sticker = &first["messages"][3];
+    assert_eq!(
+        (&sticker["type"], &sticker["sender_id"], &sticker["text"]),
+        (&json!("regular"), &json!(PAGE), &json!(null)),
+        "{first}"
+    );
+    assert_eq!(
+        sticker["attachments"],
+        json!([{"key": "messenger:sticker:m_t_0_3", "file_name": null, "size": null,
+            "mime_type": null, "thumbnail_key": null,
+            "url": "https://scontent.example/sticker/3.png", "sticker": true}])
+    );
+    let empty = &first["messages"][9];
+    assert_eq!(
+        json!([
+            empty["type"],
+            empty["sender_id"],
+            empty["text"],
+            empty["custom"]
+        ]),
+        json!(["system", null, null, {"messenger_sender_id": PAGE}]),
+        "{first}"
+    );
     // Validation and auth.
     app.post(
         "/v1/sources/messenger/sync",
