@@ -207,21 +207,23 @@ where
     Ok(counts)
 }
 
-/// Passes everything but bad lines past the first `MAX_REPORTED_ERRORS`.
+/// Passes the first `MAX_REPORTED_ERRORS` bad lines as they are; the one after them is
+/// reported as the first of those only counted, and the rest are not passed (the summary
+/// counts them all).
 fn capped(mut report: impl FnMut(Report)) -> impl FnMut(Report) {
     let mut errors = 0u64;
     move |r: Report| {
         if let Report::Error { line, .. } = &r {
             errors += 1;
-            if errors > MAX_REPORTED_ERRORS {
+            if errors > MAX_REPORTED_ERRORS + 1 {
                 return;
             }
-            if errors == MAX_REPORTED_ERRORS {
+            if errors == MAX_REPORTED_ERRORS + 1 {
                 report(Report::Error {
                     line: *line,
                     error: error_value(
                         "validation_failed",
-                        "more bad lines follow; only their count is reported",
+                        "this line and the bad lines after it are only counted",
                         None,
                     ),
                 });
@@ -721,6 +723,44 @@ fn parse_value_record(line: usize, bytes: &[u8]) -> Result<Record, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_lines_past_the_cap_are_only_counted() {
+        let reports = |bad: usize| {
+            let mut out = Vec::new();
+            let mut report = capped(|r| out.push(r));
+            for line in 1..=bad {
+                report(Report::Error {
+                    line,
+                    error: error_value("validation_failed", &format!("bad {line}"), None),
+                });
+            }
+            report(Report::Progress {
+                progress: Counts::default(),
+            });
+            drop(report);
+            out
+        };
+        let message = |r: &Report| match r {
+            Report::Error { line, error } => format!("{line}: {}", error["message"]),
+            other => format!("{other:?}"),
+        };
+        let cap = MAX_REPORTED_ERRORS as usize;
+        let exactly = reports(cap);
+        assert_eq!(exactly.len(), cap + 1, "each bad line and the progress");
+        assert_eq!(message(&exactly[cap - 1]), format!("{cap}: \"bad {cap}\""));
+        let more = reports(cap + 5);
+        assert_eq!(more.len(), cap + 2);
+        assert_eq!(message(&more[cap - 1]), format!("{cap}: \"bad {cap}\""));
+        assert_eq!(
+            message(&more[cap]),
+            format!(
+                "{}: \"this line and the bad lines after it are only counted\"",
+                cap + 1
+            )
+        );
+        assert!(matches!(more[cap + 1], Report::Progress { .. }));
+    }
 
     #[test]
     fn lines_split_across_chunks_and_long_lines_are_refused() {
