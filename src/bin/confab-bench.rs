@@ -1293,9 +1293,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             let wall = Instant::now();
             let mut row = measure(sc.name(), c, a.warmup, a.duration, make).await?;
             if let Some(watch) = watch {
-                let (cpu, peak) = watch.finish().await;
-                row.server_cores = Some(cpu / wall.elapsed().as_secs_f64());
-                row.server_peak_rss_mb = Some(peak);
+                let stats = watch.finish().await;
+                row.server_cores = Some(stats.cpu / wall.elapsed().as_secs_f64());
+                row.server_peak_rss_mb = Some(stats.peak_mb);
             }
             report(&row);
             rows.push(row);
@@ -1576,6 +1576,10 @@ struct ProcWatch {
     pid: u32,
     cpu_start: f64,
     peak_kib: Arc<std::sync::atomic::AtomicU64>,
+    /// The peak of its anonymous memory (`RssAnon`): the resident set without file pages, so
+    /// without the pages of a SQLite database the process maps (`mmap_size`), which the
+    /// kernel may drop at any time and which grow with the database, not with its work.
+    peak_anon_kib: Arc<std::sync::atomic::AtomicU64>,
     last_cpu: Arc<std::sync::Mutex<f64>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -1588,10 +1592,14 @@ impl ProcWatch {
         let peak_kib = Arc::new(std::sync::atomic::AtomicU64::new(
             fanout::proc_status_kib(pid, "VmRSS").unwrap_or(0),
         ));
+        let peak_anon_kib = Arc::new(std::sync::atomic::AtomicU64::new(
+            fanout::proc_status_kib(pid, "RssAnon").unwrap_or(0),
+        ));
         let last_cpu = Arc::new(std::sync::Mutex::new(cpu_start));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn({
-            let (peak, last, stop) = (peak_kib.clone(), last_cpu.clone(), stop.clone());
+            let (peak, peak_anon) = (peak_kib.clone(), peak_anon_kib.clone());
+            let (last, stop) = (last_cpu.clone(), stop.clone());
             async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     // A zombie (exited, not yet reaped) still has its final CPU times.
@@ -1604,6 +1612,9 @@ impl ProcWatch {
                     if let Some(r) = fanout::proc_status_kib(pid, "VmRSS") {
                         peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
                     }
+                    if let Some(r) = fanout::proc_status_kib(pid, "RssAnon") {
+                        peak_anon.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -1612,20 +1623,47 @@ impl ProcWatch {
             pid,
             cpu_start,
             peak_kib,
+            peak_anon_kib,
             last_cpu,
             stop,
             task,
         })
     }
 
-    /// (CPU seconds used since start, peak RSS in MB).
-    async fn finish(self) -> (f64, f64) {
+    async fn finish(self) -> ProcStats {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.task.await;
         let cpu = fanout::proc_cpu_seconds(self.pid).unwrap_or(*self.last_cpu.lock().unwrap());
-        (
-            cpu - self.cpu_start,
-            self.peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        let mb = |kib: &std::sync::atomic::AtomicU64| {
+            kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+        };
+        ProcStats {
+            cpu: cpu - self.cpu_start,
+            peak_mb: mb(&self.peak_kib),
+            peak_anon_mb: mb(&self.peak_anon_kib),
+        }
+    }
+}
+
+/// What [`ProcWatch`] saw.
+#[derive(Clone, Copy)]
+struct ProcStats {
+    /// CPU seconds used since the watch started.
+    cpu: f64,
+    /// Peak resident set, MB.
+    peak_mb: f64,
+    /// Peak anonymous resident memory, MB.
+    peak_anon_mb: f64,
+}
+
+impl ProcStats {
+    fn line(&self, who: &str, elapsed: f64) -> String {
+        format!(
+            "{who} CPU {:.2} s ({:.0}% of one core), peak RSS {:.0} MB (anonymous {:.0} MB)",
+            self.cpu,
+            self.cpu * 100.0 / elapsed,
+            self.peak_mb,
+            self.peak_anon_mb
         )
     }
 }
@@ -1713,11 +1751,8 @@ async fn import(a: ImportArgs) -> anyhow::Result<()> {
         records as f64 / elapsed,
         size as f64 / 1e6 / elapsed
     );
-    if let Some((cpu, peak)) = proc_stats {
-        println!(
-            "{who} CPU {cpu:.2} s ({:.0}% of one core), peak RSS {peak:.0} MB",
-            cpu * 100.0 / elapsed
-        );
+    if let Some(stats) = proc_stats {
+        println!("{}", stats.line(who, elapsed));
     }
     if let Some(m) = machine {
         println!(
@@ -1730,7 +1765,8 @@ async fn import(a: ImportArgs) -> anyhow::Result<()> {
         let out = json!({
             "via": a.via, "file": a.file, "bytes": size, "summary": summary,
             "elapsed_s": elapsed, "messages_per_s": messages as f64 / elapsed,
-            "process_cpu_s": proc_stats.map(|s| s.0), "process_peak_rss_mb": proc_stats.map(|s| s.1),
+            "process_cpu_s": proc_stats.map(|s| s.cpu), "process_peak_rss_mb": proc_stats.map(|s| s.peak_mb),
+            "process_peak_anon_mb": proc_stats.map(|s| s.peak_anon_mb),
             "machine_busy": machine,
             "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         });
@@ -2092,18 +2128,16 @@ async fn messenger(a: MessengerArgs) -> anyhow::Result<()> {
         fixture.requests.load(std::sync::atomic::Ordering::Relaxed),
         last["messages"].as_f64().unwrap_or(0.0) / elapsed
     );
-    if let Some((cpu, peak)) = stats {
-        println!(
-            "server CPU {cpu:.2} s ({:.0}% of one core), peak RSS {peak:.0} MB",
-            cpu * 100.0 / elapsed
-        );
+    if let Some(stats) = stats {
+        println!("{}", stats.line("server", elapsed));
     }
     if let Some(path) = &a.json {
         let out = json!({
             "page_id": page, "conversations": a.conversations, "messages_per_conversation": a.messages,
             "job": last, "elapsed_s": elapsed,
             "graph_requests": fixture.requests.load(std::sync::atomic::Ordering::Relaxed),
-            "server_cpu_s": stats.map(|s| s.0), "server_peak_rss_mb": stats.map(|s| s.1),
+            "server_cpu_s": stats.map(|s| s.cpu), "server_peak_rss_mb": stats.map(|s| s.peak_mb),
+            "server_peak_anon_mb": stats.map(|s| s.peak_anon_mb),
             "finished_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&out)?)?;
