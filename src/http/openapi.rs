@@ -54,6 +54,17 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
 - Every response carries `Cache-Control: no-store`.
 - `GET /openapi.json` serves this document, `GET /docs` renders it (self-contained page, nothing
   loaded from elsewhere).
+- `POST /v1/import`: a message record may carry `type` (`system`), `encrypted`, `attachments`,
+  `custom` and `unread: true` (it then counts as unread); a conversation record `name`,
+  `image_url`, `custom`, `tags` and `created_at`. The summary also counts `lines` and `bytes`,
+  each batch streams a `{"progress": {...}}` line, and a database failure midway ends the
+  response with `{"done": false, "error": {...}}` instead of the summary. At most
+  `CONFAB_IMPORT_JOBS` imports and Messenger syncs run at once; an import over that is answered
+  `429` with `Retry-After`.
+- Messenger sync: Graph's temporary errors (codes 1 and 2, `is_transient`), HTTP 5xx and Graph
+  out of reach are retried like its rate limits; a job failed by something other than Graph has
+  `error.code` `-1`. Attachments and stickers become message attachments; a message without
+  content is a `system` message with Graph's sender in `custom.messenger_sender_id`.
 "#;
 
 #[derive(OpenApi)]
