@@ -123,11 +123,13 @@ fn bad_configuration_is_refused_naming_the_variable() {
     }
 }
 
+crate::both!(import_command_direct_and_to_a_server);
+
 /// `confab import FILE` into the configured database, then the same file to a running server
-/// with --url and --token: the second run finds everything present.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_command_direct_and_to_a_server() {
-    let url = fresh_database(Db::Sqlite).await;
+/// with --url and --token: the second run finds everything present. Both show the progress
+/// line at its end (the whole file read).
+async fn import_command_direct_and_to_a_server(db: Db) {
+    let url = fresh_database(db).await;
     let file = std::env::temp_dir().join(format!("confab-import-{}.ndjson", uuid::Uuid::now_v7()));
     let lines = [
         serde_json::json!({"record": "conversation", "external_id": "x1", "type": "group", "member_ids": ["ann", "bob"]}),
@@ -158,12 +160,27 @@ async fn import_command_direct_and_to_a_server() {
         ),
         (Some(1), Some(1), Some(1))
     );
+    let progress = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let last = stderr
+            .split(['\r', '\n'])
+            .rfind(|l| l.contains("records ("))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        (stderr, last)
+    };
+    let (stderr, last) = progress(&out);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("line 3"),
-        "bad lines are reported"
+        stderr.contains("line 3"),
+        "bad lines are reported: {stderr}"
+    );
+    assert!(
+        last.starts_with("2 records (") && last.contains("(100%), 1 errors, ETA 0s"),
+        "{stderr}"
     );
 
-    let app = spawn_app_with(Db::Sqlite, test_config(&url)).await;
+    let app = spawn_app_with(db, test_config(&url)).await;
     let out = confab(&url)
         .arg("import")
         .arg(&file)
@@ -177,6 +194,11 @@ async fn import_command_direct_and_to_a_server() {
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["messages"], 1);
+    let (stderr, last) = progress(&out);
+    assert!(
+        last.starts_with("2 records (") && last.contains("(100%), 1 errors, ETA 0s"),
+        "the final counts through a server too: {stderr}"
+    );
     let list = app
         .get("/v1/conversations", &app.user("bob"))
         .await

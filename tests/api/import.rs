@@ -203,10 +203,32 @@ async fn import_streams_reports_and_is_idempotent(db: Db) {
         "{types:?}"
     );
 
+    let user_fields = |u: serde_json::Value| {
+        json!([
+            u["id"],
+            u["name"],
+            u["kind"],
+            u["custom"],
+            u["created_at"],
+            u["updated_at"]
+        ])
+    };
+    let ann = user_fields(app.get("/v1/users/ann", &b).await.expect(200));
+    assert_eq!((&ann[1], &ann[2]), (&json!("Ann"), &json!("company")));
+
     // The same file again: the same summary, and nothing changes.
     let again = app.import_ndjson(file()).await;
     let done2 = again.last().unwrap();
     assert_eq!(counts(done2), (Some(2), Some(4), Some(3)));
+    assert_eq!(
+        done2["users"], 2,
+        "users already there are counted as accepted"
+    );
+    assert_eq!(
+        user_fields(app.get("/v1/users/ann", &b).await.expect(200)),
+        ann,
+        "and left as they are"
+    );
     let page2 = messages(&app, id, &b).await;
     assert_eq!(page2, page);
     let after = app
