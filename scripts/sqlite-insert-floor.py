@@ -5,7 +5,8 @@ variant: `insert ... select` of N rows from an in-memory staging table into `mes
 grouped by conversation inside a batch (as the importer writes them). Python's own SQLite, so
 compare the variants with each other and the import with the first one. Usage:
     python3 scripts/sqlite-insert-floor.py [ROWS] [VARIANT,...]
-Variants: current (the schema of migrations/sqlite), no_created_at, wr (WITHOUT ROWID keyed by
+Variants: current (the schema of migrations/sqlite up to 0004, with the created_at index),
+no_created_at (the schema since 0005, which dropped that index), wr (WITHOUT ROWID keyed by
 (conversation_id, seq)), wr_no_created_at, rowid_int_pk. Databases go to /tmp/schema-exp/.
 """
 import os, random, sqlite3, sys, time, uuid
