@@ -344,7 +344,11 @@ async fn pages(
                 .buffered(CONCURRENCY)
                 .collect()
                 .await;
-        let mut batch = ImportBatch::default();
+        // The page's users are Messenger's: a customer renamed there is renamed here.
+        let mut batch = ImportBatch {
+            refresh_users: true,
+            ..ImportBatch::default()
+        };
         let mut read = 0i64;
         batch.users.push((
             0,

@@ -271,6 +271,10 @@ pub struct ImportMessage {
 #[derive(Debug, Clone, Default)]
 pub struct ImportBatch {
     pub users: Vec<(usize, UserInput)>,
+    /// Whether users already there take the `name` and `kind` of their record (a source that
+    /// owns them, like Messenger, whose names change); otherwise they are left as they are
+    /// (an NDJSON import: idempotent on ids).
+    pub refresh_users: bool,
     pub conversations: Vec<ImportConversation>,
     pub messages: Vec<ImportMessage>,
     /// The messages by conversation, from [`ImportBatch::group_messages`]: each group the

@@ -3080,6 +3080,28 @@ macro_rules! sql_store {
                     }
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }
+                if batch.refresh_users {
+                    // One statement a user, each a no-op unless the user was there with another
+                    // name or kind (a source's batch names about a hundred).
+                    for (_, u) in &users {
+                        if u.name.is_none() && u.kind.is_none() {
+                            continue;
+                        }
+                        self.tick(1);
+                        sqlx::query(
+                            "update users set name = coalesce($2, name), kind = coalesce($3, kind), \
+                             updated_at = $4 where user_id = $1 \
+                             and (name <> coalesce($2, name) or kind <> coalesce($3, kind))",
+                        )
+                        .bind(&u.id)
+                        .bind(u.name.as_deref())
+                        .bind(u.kind.as_deref())
+                        .bind(t)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    }
+                }
                 out.users = batch.users.len() as u64;
                 // A batch's 100,000-200,000 messages name a few thousand senders: those are copied and
                 // sorted (by ensure_users), not every mention.

@@ -65,6 +65,16 @@ async fn sync_pages_conversations_and_messages(db: Db) {
     fake.rate_limits.store(4, Ordering::SeqCst);
     fake.temporary.store(2, Ordering::SeqCst);
     let app = app(db, &graph).await;
+    // Users already there (made through the API, or renamed on Facebook since the last sync)
+    // take the names and kinds Messenger gives.
+    app.put(
+        "/v1/users",
+        &app.server(),
+        json!({"users": [{"id": PAGE, "name": "Old page name"},
+            {"id": "9000000", "name": "Old customer name", "custom": {"crm": 7}}]}),
+    )
+    .await
+    .expect(200);
     let started = std::time::Instant::now();
     let job = start(&app, TOKEN).await;
     let ev = events(&app, &job).await;
@@ -136,6 +146,12 @@ async fn sync_pages_conversations_and_messages(db: Db) {
         .unwrap();
     assert_eq!(me["user"]["kind"], "page");
     assert_eq!(me["user"]["name"], "Salt Academy");
+    let renamed = app.get("/v1/users/9000000", &page).await.expect(200);
+    assert_eq!(
+        (&renamed["name"], &renamed["kind"], &renamed["custom"]),
+        (&json!("Customer 0"), &json!("customer"), &json!({"crm": 7})),
+        "name and kind from Messenger, the rest as it was"
+    );
     let id = c["id"].as_str().unwrap();
     let msgs = app
         .get(&format!("/v1/conversations/{id}/messages"), &page)

@@ -866,6 +866,7 @@ async fn retention_by_conversation(db: Db) {
     };
     let batch = confab::storage::ImportBatch {
         users: vec![],
+        refresh_users: false,
         conversations: vec![conv("mixed"), conv("old")],
         messages: vec![
             imported("mixed", "m1", now - 3 * day),
@@ -934,6 +935,7 @@ async fn retention_by_conversation(db: Db) {
     // front, and the next pass finds it.
     let older = confab::storage::ImportBatch {
         users: vec![],
+        refresh_users: false,
         conversations: vec![],
         messages: vec![imported("mixed", "m0", now - 5 * day)],
         grouped: None,
