@@ -45,11 +45,13 @@ pub struct MessengerSync {
     description = "Pulls the page's conversations and messages from the Graph API \
         (`CONFAB_GRAPH_API_URL`), 100 per request, and upserts them in bulk: one direct conversation \
         per (page, customer), external id `messenger:{page_id}:{customer_id}`. Rate limits (Graph codes \
-        4, 17, 32, 613) are retried with backoff; the job checkpoints Graph's cursor after every page, so \
-        a restarted server resumes it. Re-running is idempotent.",
+        4, 17, 32, 613), Graph's temporary errors (1, 2, `is_transient`), HTTP 5xx and Graph out of reach \
+        are retried with backoff; the job checkpoints Graph's cursor after every page, so \
+        a restarted server resumes it. Re-running is idempotent. At most `CONFAB_IMPORT_JOBS` imports \
+        and syncs run at once; a job over that waits (status `running`) for a slot.",
     request_body = MessengerSync,
     responses(
-        (status = 202, description = "`{\"job_id\"}`", body = Value),
+        (status = 202, description = "The job, started", body = super::openapi::JobStarted),
         (status = 400, description = "`validation_failed`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
@@ -98,7 +100,7 @@ async fn messenger_sync(
         \"messages\", \"error\"?: {\"code\", \"message\"}, \"created_at\", \"updated_at\"}`",
     params(("id" = String, Path, description = "The job id")),
     responses(
-        (status = 200, description = "The job", body = Value),
+        (status = 200, description = "The job", body = super::openapi::Job),
         (status = 400, description = "`validation_failed`: `id` holds U+0000 or is not UTF-8; bad `as`", body = super::openapi::Error),
         (status = 401, description = "`unauthorized`", body = super::openapi::Error),
         (status = 403, description = "`forbidden`: not a server token", body = super::openapi::Error),
@@ -126,7 +128,8 @@ async fn job(
     tag = "import",
     operation_id = "job_events",
     summary = "A job's progress as Server-Sent Events (server token)",
-    description = "Each event: `data: {\"status\", \"fetched\", \"upserted\", \"messages\", \"error\"?}`. The \
+    description = "Each event: `data: {\"status\", \"fetched\", \"upserted\", \"messages\", \"error\"?}` \
+        (schema `JobProgress`). The \
         current state comes first; the stream closes after `completed` or `failed`. Progress is read \
         from the database, so any node serves any job's stream.",
     params(("id" = String, Path, description = "The job id")),

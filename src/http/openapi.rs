@@ -135,6 +135,11 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
         Event,
         Health,
         Ready,
+        JobStarted,
+        JobStatus,
+        JobError,
+        Job,
+        JobProgress,
     )),
     modifiers(&BearerAuth, &OptionalBodies),
     tags(
@@ -443,6 +448,69 @@ pub struct Event {
     pub data: serde_json::Value,
     /// Syncing from it resumes right after this event.
     pub token: String,
+}
+
+/// The answer to `POST /v1/sources/messenger/sync`.
+#[derive(ToSchema)]
+pub struct JobStarted {
+    /// Follow it at `GET /v1/jobs/{id}` and `GET /v1/jobs/{id}/events`.
+    #[schema(example = "0193e7a2-5c1d-7b3e-9f00-6a1b2c3d4e5f")]
+    pub job_id: String,
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Working, or waiting for a slot (`CONFAB_IMPORT_JOBS`).
+    Running,
+    Completed,
+    Failed,
+}
+
+/// Why a job failed.
+#[derive(ToSchema)]
+pub struct JobError {
+    /// Graph's numeric error code (190: an invalid token); `-1` when the failure was not
+    /// Graph's (Graph unreachable after the retries, an answer not in Graph's format, the
+    /// database).
+    #[schema(example = 190)]
+    pub code: i64,
+    /// Graph's message, or what failed.
+    pub message: String,
+}
+
+/// `GET /v1/jobs/{id}`. Counts are of this run.
+#[derive(ToSchema)]
+pub struct Job {
+    pub id: String,
+    #[schema(example = "messenger")]
+    pub kind: String,
+    pub status: JobStatus,
+    /// Conversations read from Graph.
+    pub fetched: i64,
+    /// Conversations written (new or changed).
+    pub upserted: i64,
+    /// Messages read.
+    pub messages: i64,
+    /// Only when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = JobError)]
+    pub error: Option<JobError>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The `data` of each `GET /v1/jobs/{id}/events` event.
+#[derive(ToSchema)]
+pub struct JobProgress {
+    pub status: JobStatus,
+    pub fetched: i64,
+    pub upserted: i64,
+    pub messages: i64,
+    /// Only when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = JobError)]
+    pub error: Option<JobError>,
 }
 
 #[derive(ToSchema)]
