@@ -3081,25 +3081,28 @@ macro_rules! sql_store {
                     q.execute(&mut *tx).await.map_err(db_error)?;
                 }
                 if batch.refresh_users {
-                    // One statement a user, each a no-op unless the user was there with another
-                    // name or kind (a source's batch names about a hundred).
-                    for (_, u) in &users {
-                        if u.name.is_none() && u.kind.is_none() {
-                            continue;
-                        }
+                    // Users that were there with another name or kind take the record's (those
+                    // just inserted already have it); a field the record lacks stays.
+                    let named: Vec<&UserInput> = users
+                        .iter()
+                        .map(|(_, u)| u)
+                        .filter(|u| u.name.is_some() || u.kind.is_some())
+                        .collect();
+                    for chunk in named.chunks(500) {
                         self.tick(1);
-                        sqlx::query(
-                            "update users set name = coalesce($2, name), kind = coalesce($3, kind), \
-                             updated_at = $4 where user_id = $1 \
-                             and (name <> coalesce($2, name) or kind <> coalesce($3, kind))",
-                        )
-                        .bind(&u.id)
-                        .bind(u.name.as_deref())
-                        .bind(u.kind.as_deref())
-                        .bind(t)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
+                        let sql = format!(
+                            "update users set name = coalesce(v.column2, users.name), \
+                             kind = coalesce(v.column3, users.kind), updated_at = v.column4 \
+                             from (values {}) as v where users.user_id = v.column1 \
+                             and (users.name <> coalesce(v.column2, users.name) \
+                               or users.kind <> coalesce(v.column3, users.kind))",
+                            tuples(1, chunk.len(), 4)
+                        );
+                        let mut q = sqlx::query(AssertSqlSafe(sql));
+                        for u in chunk {
+                            q = q.bind(&u.id).bind(u.name.as_deref()).bind(u.kind.as_deref()).bind(t);
+                        }
+                        q.execute(&mut *tx).await.map_err(db_error)?;
                     }
                 }
                 out.users = batch.users.len() as u64;
