@@ -130,11 +130,18 @@ struct GraphMedia {
 
 impl GraphMessage {
     /// Its attachments and sticker as Confab attachments (`key` `messenger:{attachment id}`,
-    /// or `messenger:sticker:{message id}`), at most the contract's ten.
+    /// or `messenger:sticker:{message id}`), at most the contract's ten. An attachment without
+    /// a URL (a shared post, a fallback) names no file and is left out.
     fn confab_attachments(&self) -> Vec<Value> {
         let mut out: Vec<Value> = Vec::new();
         for (i, a) in self.attachments.iter().flat_map(|a| &a.data).enumerate() {
             let media = a.image_data.as_ref().or(a.video_data.as_ref());
+            let Some(url) = media
+                .and_then(|m| m.url.clone())
+                .or_else(|| a.file_url.clone())
+            else {
+                continue;
+            };
             let key = match &a.id {
                 Some(id) => format!("messenger:{id}"),
                 None => format!("messenger:{}:{i}", self.id),
@@ -145,7 +152,7 @@ impl GraphMessage {
                 "size": a.size,
                 "mime_type": a.mime_type,
                 "thumbnail_key": null,
-                "url": media.and_then(|m| m.url.clone()).or_else(|| a.file_url.clone()),
+                "url": url,
                 "thumbnail_url": media.and_then(|m| m.preview_url.clone()),
             }));
         }
@@ -189,9 +196,10 @@ impl Graph {
                 req = req.query(&[("access_token", self.token.as_str())]);
             }
             let (err, may_pass) = match req.send().await {
+                // Out of reach or too slow may pass; a request that cannot be made never will.
                 Err(e) => (
                     GraphError::not_graph(format!("Graph API unreachable: {e}")),
-                    true,
+                    e.is_connect() || e.is_timeout(),
                 ),
                 Ok(res) => {
                     let status = res.status();
@@ -205,19 +213,25 @@ impl Graph {
                                 GraphError::not_graph(format!("unexpected Graph API response: {e}"))
                             });
                         }
-                        Ok(bytes) => match serde_json::from_slice::<ErrorBody>(&bytes) {
-                            Ok(b) => {
-                                let e = b.error;
-                                let may_pass = RATE_LIMITED.contains(&e.code)
-                                    || TEMPORARY.contains(&e.code)
-                                    || e.is_transient;
-                                (e, may_pass)
+                        Ok(bytes) => {
+                            let throttled = status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                                Ok(b) => {
+                                    let e = b.error;
+                                    let may_pass = RATE_LIMITED.contains(&e.code)
+                                        || TEMPORARY.contains(&e.code)
+                                        || e.is_transient
+                                        || throttled;
+                                    (e, may_pass)
+                                }
+                                Err(_) => (
+                                    GraphError::not_graph(format!(
+                                        "Graph API answered HTTP {status}"
+                                    )),
+                                    status.is_server_error() || throttled,
+                                ),
                             }
-                            Err(_) => (
-                                GraphError::not_graph(format!("Graph API answered HTTP {status}")),
-                                status.is_server_error(),
-                            ),
-                        },
+                        }
                     }
                 }
             };
@@ -535,6 +549,64 @@ pub fn progress(job: &Job) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachments_with_a_url_and_stickers_become_confab_attachments() {
+        let m: GraphMessage = serde_json::from_value(json!({
+            "id": "m_1", "message": "", "created_time": "2024-01-02T03:04:05+0000",
+            "attachments": {"data": [
+                {"id": "a1", "mime_type": "application/pdf", "name": "menu.pdf", "size": 99,
+                 "file_url": "https://cdn.example/menu.pdf"},
+                {"id": "a2", "name": "shared post"},
+                {"mime_type": "video/mp4", "video_data": {"url": "https://cdn.example/v.mp4",
+                 "preview_url": "https://cdn.example/v.jpg"}},
+            ]},
+            "sticker": "https://cdn.example/sticker.png",
+        }))
+        .unwrap();
+        let keys_and_urls: Vec<(Value, Value, Value)> = m
+            .confab_attachments()
+            .iter()
+            .map(|a| {
+                (
+                    a["key"].clone(),
+                    a["url"].clone(),
+                    a["thumbnail_url"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys_and_urls,
+            [
+                (
+                    json!("messenger:a1"),
+                    json!("https://cdn.example/menu.pdf"),
+                    json!(null)
+                ),
+                (
+                    json!("messenger:m_1:2"),
+                    json!("https://cdn.example/v.mp4"),
+                    json!("https://cdn.example/v.jpg")
+                ),
+                (
+                    json!("messenger:sticker:m_1"),
+                    json!("https://cdn.example/sticker.png"),
+                    json!(null)
+                ),
+            ],
+            "the attachment without a URL is left out"
+        );
+        let many: GraphMessage = serde_json::from_value(json!({
+            "id": "m_2", "created_time": "2024-01-02T03:04:05+0000",
+            "attachments": {"data": (0..12).map(|i| json!({"id": format!("b{i}"),
+                "file_url": format!("https://cdn.example/{i}")})).collect::<Vec<_>>()},
+        }))
+        .unwrap();
+        assert_eq!(
+            many.confab_attachments().len(),
+            crate::domain::MAX_ATTACHMENTS
+        );
+    }
 
     #[test]
     fn graph_times() {
