@@ -197,6 +197,19 @@ mod tests {
             )
         );
         assert!(s["seconds"].is_number(), "{s}");
+        // A server that does not send the extensions' counts: the contract's are kept.
+        let contract_only = serde_json::json!({"done": true, "users": 1, "conversations": 2,
+            "messages": 3, "errors": 0});
+        let s: serde_json::Value =
+            serde_json::from_str(&server_summary(contract_only, Instant::now()).unwrap()).unwrap();
+        assert_eq!(
+            (&s["conversations"], &s["messages"], &s["bytes"]),
+            (
+                &serde_json::json!(2),
+                &serde_json::json!(3),
+                &serde_json::json!(0)
+            )
+        );
         let stopped = serde_json::json!({"done": false,
             "error": {"code": "unavailable", "message": "the database is unavailable"}});
         let e = server_summary(stopped, Instant::now())

@@ -70,6 +70,8 @@ pub enum Report {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+// A summary without some of the counts (the extensions, from another server) still reads.
+#[serde(default)]
 pub struct Counts {
     pub users: u64,
     pub conversations: u64,
