@@ -47,6 +47,10 @@ pub struct Config {
     /// How long a node holds a source job between checkpoints before another node may resume
     /// it (`CONFAB_JOB_LEASE`, an extension).
     pub job_lease: Duration,
+    /// How long `POST /v1/import` waits for the next bytes of its body before it ends the
+    /// import (`CONFAB_IMPORT_IDLE_TIMEOUT`, an extension): a stalled upload would hold one of
+    /// the `CONFAB_IMPORT_JOBS` slots for ever.
+    pub import_idle_timeout: Duration,
     /// SQLite's `synchronous` pragma (`CONFAB_SQLITE_SYNCHRONOUS`, an extension): `full`
     /// (default) or `extra`; anything lower can lose acknowledged writes and needs
     /// `allow_unsafe_durability`.
@@ -300,6 +304,15 @@ impl Config {
                 .filter(|d| *d >= Duration::from_secs(1))
                 .ok_or_else(|| bad("CONFAB_JOB_LEASE", "must be a duration of at least 1s"))?,
         };
+        let import_idle_timeout = match get("CONFAB_IMPORT_IDLE_TIMEOUT") {
+            None => Duration::from_secs(60),
+            Some(v) => parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                bad(
+                    "CONFAB_IMPORT_IDLE_TIMEOUT",
+                    "must be a duration such as 60s",
+                )
+            })?,
+        };
         let sqlite_synchronous = match get("CONFAB_SQLITE_SYNCHRONOUS").as_deref() {
             None | Some("full") => SqliteSync::Full,
             Some("extra") => SqliteSync::Extra,
@@ -328,6 +341,7 @@ impl Config {
             addr,
             retention_interval,
             job_lease,
+            import_idle_timeout,
             db_pool_size,
             allowed_origins,
             socket_rate_limit,
@@ -433,6 +447,7 @@ mod tests {
         let pg = with(&[("CONFAB_DATABASE_URL", "postgres://127.0.0.1/x")]).unwrap();
         assert_eq!(pg.import_batch, 100_000);
         assert_eq!(c.import_jobs, 2);
+        assert_eq!(c.import_idle_timeout, Duration::from_secs(60));
         assert_eq!(
             c.rate_limit_per_user,
             Some(RateLimit {
@@ -454,6 +469,7 @@ mod tests {
             ("CONFAB_WEBHOOK_SECRET", "nope"),
             ("CONFAB_IMPORT_BATCH", "0"),
             ("CONFAB_IMPORT_JOBS", "0"),
+            ("CONFAB_IMPORT_IDLE_TIMEOUT", "0s"),
         ] {
             let e = with(&[(var, val)]).unwrap_err();
             assert_eq!(e.var, var);

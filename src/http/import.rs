@@ -71,10 +71,12 @@ async fn import(
         }
         Err(tokio::sync::TryAcquireError::Closed) => return Err(ApiError::Unavailable),
     };
-    let body = req.into_body().into_data_stream();
+    let body = idle_limited(
+        req.into_body().into_data_stream(),
+        state.config.import_idle_timeout,
+    );
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        let _permit = permit;
         let send = |r: Report| {
             let mut line = serde_json::to_string(&r).unwrap_or_default();
             line.push('\n');
@@ -96,6 +98,10 @@ async fn import(
                 serde_json::json!({"done": false, "error": err["error"]})
             ));
         }
+        // The slot is free before the response ends (dropping `tx` ends it), so a client may
+        // start its next import as soon as it has this one's summary.
+        drop(permit);
+        drop(tx);
     });
     let stream = tokio_stream_from(rx).map(Ok::<_, std::convert::Infallible>);
     Ok((
@@ -103,6 +109,25 @@ async fn import(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// `body`, ending with an error when no bytes arrive for `idle` (the import then reports it
+/// as a bad line and ends with what it has).
+fn idle_limited(
+    body: axum::body::BodyDataStream,
+    idle: std::time::Duration,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, String>> + Unpin {
+    Box::pin(futures_util::stream::unfold(
+        Some(body),
+        move |body| async move {
+            let mut body = body?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(chunk)) => Some((chunk.map_err(|e| e.to_string()), Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((Err(format!("no bytes for {} s", idle.as_secs_f64())), None)),
+            }
+        },
+    ))
 }
 
 fn tokio_stream_from(

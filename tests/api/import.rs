@@ -950,3 +950,61 @@ async fn imports_over_the_limit_are_refused_until_one_ends() {
     app.get("/v1/users/second", &app.server()).await.expect(200);
 }
 
+/// A body that stops sending (the client stalled, its connection still open) ends the import
+/// after `CONFAB_IMPORT_IDLE_TIMEOUT`: what arrived is stored, the stall is reported as a bad
+/// line, and the slot is free for the next import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_import_body_ends_the_import() {
+    let mut config = test_config(&fresh_database(Db::Sqlite).await);
+    config.import_jobs = 1;
+    config.import_idle_timeout = std::time::Duration::from_millis(300);
+    let app = spawn_app_with(Db::Sqlite, config).await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
+    tx.send(Ok(format!(
+        "{}\n",
+        json!({"record": "user", "id": "early"})
+    )))
+    .unwrap();
+    let body = futures_util::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    });
+    let res = app
+        .client
+        .post(format!("{}/v1/import", app.base))
+        .bearer_auth(app.server())
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    // `tx` is held (the body stays open) until the response has ended.
+    let out: Vec<serde_json::Value> = res
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    drop(tx);
+    let stalled = out.iter().find(|l| l.get("line").is_some()).unwrap();
+    assert_eq!(stalled["line"], 2, "{out:?}");
+    assert!(
+        stalled["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no bytes for 0.3 s"),
+        "{stalled}"
+    );
+    let done = out.last().unwrap();
+    assert_eq!(
+        (&done["done"], &done["users"], &done["errors"]),
+        (&json!(true), &json!(1), &json!(1))
+    );
+    app.get("/v1/users/early", &app.server()).await.expect(200);
+    let next = app
+        .import_ndjson(json!({"record": "user", "id": "later"}).to_string())
+        .await;
+    assert_eq!(next.last().unwrap()["users"], 1);
+}
