@@ -24,12 +24,13 @@ pg_db=confab_import_set
 server=
 trap '[ -n "$server" ] && kill $server 2>/dev/null || true' EXIT
 
-fresh() { # backend -> database URL, emptied
+fresh() { # backend -> database URL, emptied; fails rather than reuse a database
   if [ "$1" = sqlite ]; then
     rm -f "$sqlite_db" "$sqlite_db-wal" "$sqlite_db-shm"
     echo "sqlite://$sqlite_db"
   else
-    psql "$pg/postgres" -qc "drop database if exists $pg_db" -c "create database $pg_db" >/dev/null 2>&1
+    psql "$pg/postgres" -q -v ON_ERROR_STOP=1 -c "drop database if exists $pg_db with (force)" \
+      -c "create database $pg_db" >/dev/null || return 1
     echo "$pg/$pg_db"
   fi
 }
@@ -39,18 +40,23 @@ rate() { # confab-bench's output -> messages/s
 declare -A runs
 for _ in $(seq "$rounds"); do
   for backend in sqlite postgres; do
-    url=$(fresh $backend)
+    url=$(fresh $backend) || exit 1
     r=$($bench import --file "$file" --via cli --confab "$confab" --database-url "$url" | rate)
     runs[$backend-cli]+="${runs[$backend-cli]:+, }$r"
   done
 done
 for _ in $(seq "$http_rounds"); do
   for backend in sqlite postgres; do
-    url=$(fresh $backend)
+    url=$(fresh $backend) || exit 1
     CONFAB_DATABASE_URL=$url CONFAB_ADDR=127.0.0.1:$port RUST_LOG=warn "$confab" serve \
       >/tmp/confab-import-set-server.log 2>&1 &
     server=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+    # Ready means this server: one that exits (the port taken by another) stops the set.
+    for _ in $(seq 100); do
+      kill -0 $server 2>/dev/null || { cat /tmp/confab-import-set-server.log >&2; exit 1; }
+      curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+      sleep 0.1
+    done
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "the server did not start" >&2; exit 1; }
     token=$(CONFAB_DATABASE_URL=$url "$confab" token --server 2>/dev/null)
     r=$($bench import --file "$file" --via http --url "http://127.0.0.1:$port" --token "$token" \

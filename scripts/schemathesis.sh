@@ -57,8 +57,12 @@ for backend in "${backends[@]}"; do
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   base="http://127.0.0.1:$port"
   export CONFAB_DATABASE_URL="$db_url"
+  # Messenger syncs started by the run retry an unreachable Graph API for seconds (a closed
+  # local port: refused at once, never a timeout), each holding an import slot: with the
+  # default of 2 most imports would only be answered 429.
   CONFAB_ADDR="127.0.0.1:$port" CONFAB_RATE_LIMIT_PER_USER=0 CONFAB_RATE_LIMIT_PER_IP=0 \
-    CONFAB_SOCKET_RATE_LIMIT=0 RUST_LOG="${RUST_LOG:-warn}" \
+    CONFAB_SOCKET_RATE_LIMIT=0 CONFAB_IMPORT_JOBS=64 \
+    CONFAB_GRAPH_API_URL=http://127.0.0.1:9/v19.0 RUST_LOG="${RUST_LOG:-warn}" \
     "$confab" serve >"$tmp/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
