@@ -60,9 +60,10 @@ operation lists, any request may get `404 not_found` (unknown path), `405 method
   each batch streams a `{"progress": {...}}` line, and a database failure midway ends the
   response with `{"done": false, "error": {...}}` instead of the summary. At most
   `CONFAB_IMPORT_JOBS` imports and Messenger syncs run at once; an import over that is answered
-  `429` with `Retry-After`.
-- Messenger sync: Graph's temporary errors (codes 1 and 2, `is_transient`), HTTP 5xx and Graph
-  out of reach are retried like its rate limits; a job failed by something other than Graph has
+  `429` with `Retry-After`. A body that sends nothing for `CONFAB_IMPORT_IDLE_TIMEOUT` ends the
+  import (the stall is reported as a bad line).
+- Messenger sync: Graph's temporary errors (codes 1 and 2, `is_transient`), HTTP 429 and 5xx and
+  Graph out of reach are retried like its rate limits; a job failed by something other than Graph has
   `error.code` `-1`. Attachments and stickers become message attachments; a message without
   content is a `system` message with Graph's sender in `custom.messenger_sender_id`.
 "#;
