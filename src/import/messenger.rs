@@ -261,10 +261,20 @@ impl Graph {
                 ],
             )
             .await?;
+        let mut previous: Option<String> = None;
         loop {
             out.append(&mut page.data);
             match page.paging.next.take() {
-                Some(next) => page = self.get(&next, &[]).await?,
+                // The same page again would be fetched for ever.
+                Some(next) if previous.as_deref() == Some(next.as_str()) => {
+                    return Err(GraphError::not_graph(format!(
+                        "Graph API gave the same next page twice for {conversation}'s messages"
+                    )));
+                }
+                Some(next) => {
+                    page = self.get(&next, &[]).await?;
+                    previous = Some(next);
+                }
                 None => return Ok(out),
             }
         }
@@ -455,6 +465,12 @@ async fn pages(
             .is_some()
             .then_some(page.paging.cursors.after)
             .flatten();
+        if next.is_some() && next == after {
+            // This page again would be fetched for ever.
+            return Err(GraphError::not_graph(
+                "Graph API gave the same conversations cursor twice".into(),
+            ));
+        }
         let store = state.store.clone();
         let bus = state.bus.clone();
         writing = Some(Written {

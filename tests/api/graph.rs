@@ -24,6 +24,8 @@ pub struct Fake {
     /// Temporary failures to answer to message requests next, in turn: Graph's code 2 (HTTP
     /// 500, `is_transient`) and a bare HTTP 503 that is not Graph's error object.
     pub temporary: AtomicU32,
+    /// Every page's `next` points at the page itself (a misbehaving Graph or proxy).
+    pub stuck: std::sync::atomic::AtomicBool,
     /// Delay per request (to kill a server mid-job).
     pub delay_ms: AtomicU64,
     pub requests: AtomicU64,
@@ -65,6 +67,7 @@ impl Fake {
             threads,
             rate_limits: AtomicU32::new(0),
             temporary: AtomicU32::new(0),
+            stuck: Default::default(),
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             served: Mutex::new(HashMap::new()),
@@ -161,11 +164,16 @@ impl Fake {
         let end = offset + items.len();
         let mut paging = json!({"cursors": {"before": b64(offset), "after": b64(end.saturating_sub(1).max(offset))}});
         if end < total {
-            paging["cursors"]["after"] = json!(b64(end));
+            let after = if self.stuck.load(Ordering::SeqCst) {
+                offset
+            } else {
+                end
+            };
+            paging["cursors"]["after"] = json!(b64(after));
             let mut next = format!(
                 "{}/{path}?limit={limit}&after={}",
                 self.base.lock().unwrap(),
-                b64(end)
+                b64(after)
             );
             for (k, v) in q {
                 if k != "after" && k != "limit" {

@@ -351,3 +351,31 @@ async fn restart_resumes_the_job(db: Db) {
     let after = fake.requests.load(Ordering::SeqCst) - before;
     assert!(after < 250 + 3, "{after} requests after the restart");
 }
+
+/// A Graph (or a proxy before it) whose `next` points at the same page again fails the job
+/// with a message saying so, instead of fetching that page for ever: for a conversation's
+/// messages and for the page's conversations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_that_repeats_its_cursor_fails_the_job() {
+    for (threads, per, said) in [
+        (2, 150, "same next page twice"),
+        (150, 1, "same conversations cursor twice"),
+    ] {
+        let (fake, graph) = Fake::start(threads, per).await;
+        fake.stuck.store(true, Ordering::SeqCst);
+        let app = app(Db::Sqlite, &graph).await;
+        let job = start(&app, TOKEN).await;
+        let ev = events(&app, &job).await;
+        let last = ev.last().unwrap();
+        assert_eq!(last["status"], "failed", "{ev:?}");
+        assert_eq!(last["error"]["code"], -1);
+        assert!(
+            last["error"]["message"].as_str().unwrap().contains(said),
+            "{last}"
+        );
+        assert!(
+            fake.requests.load(Ordering::SeqCst) < 250,
+            "stopped at the repeat"
+        );
+    }
+}
