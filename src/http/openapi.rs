@@ -480,33 +480,28 @@ pub struct JobError {
     pub message: String,
 }
 
-/// `GET /v1/jobs/{id}`. Counts are of this run.
+/// `GET /v1/jobs/{id}`: its progress and what it is.
 #[derive(ToSchema)]
 pub struct Job {
     pub id: String,
     #[schema(example = "messenger")]
     pub kind: String,
+    #[serde(flatten)]
+    pub progress: JobProgress,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The `data` of each `GET /v1/jobs/{id}/events` event, and part of the job. Counts are of
+/// this run.
+#[derive(ToSchema)]
+pub struct JobProgress {
     pub status: JobStatus,
     /// Conversations read from Graph.
     pub fetched: i64,
     /// Conversations written (new or changed).
     pub upserted: i64,
     /// Messages read.
-    pub messages: i64,
-    /// Only when failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = JobError)]
-    pub error: Option<JobError>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-}
-
-/// The `data` of each `GET /v1/jobs/{id}/events` event.
-#[derive(ToSchema)]
-pub struct JobProgress {
-    pub status: JobStatus,
-    pub fetched: i64,
-    pub upserted: i64,
     pub messages: i64,
     /// Only when failed.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -881,6 +881,33 @@ async fn import_before_1970_keeps_each_conversation_its_last_message(db: Db) {
     );
 }
 
+/// Starts `POST /v1/import` with `first` as the beginning of a body that stays open: more of it
+/// goes through the sender, and dropping the sender ends it.
+async fn open_import(
+    app: &TestApp,
+    first: String,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<Result<String, std::io::Error>>,
+    reqwest::Response,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
+    tx.send(Ok(first)).unwrap();
+    let body = futures_util::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    });
+    let res = app
+        .client
+        .post(format!("{}/v1/import", app.base))
+        .bearer_auth(app.server())
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    (tx, res)
+}
+
 /// `CONFAB_IMPORT_JOBS` imports at once: one more is refused at once with 429 and
 /// `Retry-After` (not held without an answer while another import runs), and is accepted once
 /// the running one has ended.
@@ -891,21 +918,7 @@ async fn imports_over_the_limit_are_refused_until_one_ends() {
     let app = spawn_app_with(Db::Sqlite, config).await;
     let user = |id: &str| format!("{}\n", json!({"record": "user", "id": id}));
     // The first import's body stays open until the second has been answered.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
-    tx.send(Ok(user("first"))).unwrap();
-    let body = futures_util::stream::poll_fn({
-        let mut rx = rx;
-        move |cx| rx.poll_recv(cx)
-    });
-    let first = app
-        .client
-        .post(format!("{}/v1/import", app.base))
-        .bearer_auth(app.server())
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
+    let (tx, first) = open_import(&app, user("first")).await;
     assert_eq!(first.status().as_u16(), 200, "its response starts at once");
     let refused = app
         .client
@@ -959,25 +972,11 @@ async fn a_stalled_import_body_ends_the_import() {
     config.import_jobs = 1;
     config.import_idle_timeout = std::time::Duration::from_millis(300);
     let app = spawn_app_with(Db::Sqlite, config).await;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<String, std::io::Error>>();
-    tx.send(Ok(format!(
-        "{}\n",
-        json!({"record": "user", "id": "early"})
-    )))
-    .unwrap();
-    let body = futures_util::stream::poll_fn({
-        let mut rx = rx;
-        move |cx| rx.poll_recv(cx)
-    });
-    let res = app
-        .client
-        .post(format!("{}/v1/import", app.base))
-        .bearer_auth(app.server())
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
+    let (tx, res) = open_import(
+        &app,
+        format!("{}\n", json!({"record": "user", "id": "early"})),
+    )
+    .await;
     assert_eq!(res.status().as_u16(), 200);
     // `tx` is held (the body stays open) until the response has ended.
     let out: Vec<serde_json::Value> = res
