@@ -882,7 +882,9 @@ async fn import_before_1970_keeps_each_conversation_its_last_message(db: Db) {
 }
 
 /// Starts `POST /v1/import` with `first` as the beginning of a body that stays open: more of it
-/// goes through the sender, and dropping the sender ends it.
+/// goes through the sender, and dropping the sender ends it. On a client of its own: a server
+/// that ends the import before the body closes the connection after its response, and a
+/// pooled client could hand that closed connection to the test's next request.
 async fn open_import(
     app: &TestApp,
     first: String,
@@ -896,8 +898,7 @@ async fn open_import(
         let mut rx = rx;
         move |cx| rx.poll_recv(cx)
     });
-    let res = app
-        .client
+    let res = reqwest::Client::new()
         .post(format!("{}/v1/import", app.base))
         .bearer_auth(app.server())
         .header("content-type", "application/x-ndjson")
@@ -920,8 +921,8 @@ async fn imports_over_the_limit_are_refused_until_one_ends() {
     // The first import's body stays open until the second has been answered.
     let (tx, first) = open_import(&app, user("first")).await;
     assert_eq!(first.status().as_u16(), 200, "its response starts at once");
-    let refused = app
-        .client
+    // On a client of its own too: refused before its body is read, its connection is closed.
+    let refused = reqwest::Client::new()
         .post(format!("{}/v1/import", app.base))
         .bearer_auth(app.server())
         .header("content-type", "application/x-ndjson")
